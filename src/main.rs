@@ -1,0 +1,272 @@
+//! The `distil` command line: one subcommand per user task. Each parses its arguments, calls
+//! the library and prints; the work itself lives in the library.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+
+use distil::infer::{self, BatchJson, Pooling};
+use distil::model::{checkpoint::write_atomic, Checkpoint, ParameterCounts, TextTokenizer};
+
+#[derive(Parser)]
+#[command(
+    name = "distil",
+    version,
+    about = "Small, fast transformer encoders by knowledge distillation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a Hugging Face model directory: family, sizes, parameters, heads, tokenizer.
+    Inspect {
+        /// Model directory (config.json + model.safetensors or pytorch_model.bin).
+        dir: PathBuf,
+    },
+    /// Predict the masked words of each text with the model's MLM head.
+    FillMask {
+        /// Model directory with an MLM head and a tokenizer.
+        #[arg(long)]
+        model: PathBuf,
+        /// How many candidates to print per mask.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Texts with the tokenizer's mask token ([MASK] or <mask>) where a word is missing.
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+    /// One sentence embedding per input line.
+    Embed {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, value_enum, default_value_t = Pooling::Mean)]
+        pooling: Pooling,
+        /// Text file with one sentence per line (default: standard input).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Output file: `.npy` (float32 matrix) or `.jsonl`; default: JSON lines on standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+    },
+    /// Run one padded batch through the model and save every output as safetensors
+    /// (hidden_states.{i}, last_hidden_state, logits): for parity checks against other code.
+    Forward {
+        #[arg(long)]
+        model: PathBuf,
+        /// JSON with `input_ids`, `attention_mask` and optionally `token_type_ids`.
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    let device = Device::Cpu;
+    match command {
+        Command::Inspect { dir } => inspect(&dir, &device),
+        Command::FillMask {
+            model,
+            top_k,
+            texts,
+        } => {
+            let (_, encoder) = infer::load_encoder(&model, &device)?;
+            let tokenizer = TextTokenizer::load(&model)?;
+            let results = infer::fill_mask(&encoder, &tokenizer, &texts, top_k)?;
+            for (text, masks) in texts.iter().zip(results) {
+                println!("{text}");
+                for m in masks {
+                    let list: Vec<String> = m
+                        .candidates
+                        .iter()
+                        .map(|(t, p)| format!("{t} {p:.3}"))
+                        .collect();
+                    println!("  mask at token {:>3}: {}", m.position, list.join(" | "));
+                }
+            }
+            Ok(())
+        }
+        Command::Embed {
+            model,
+            pooling,
+            input,
+            out,
+            batch_size,
+        } => {
+            let (_, encoder) = infer::load_encoder(&model, &device)?;
+            let tokenizer = TextTokenizer::load(&model)?;
+            let lines = read_lines(input.as_deref())?;
+            let vectors = infer::embed(&encoder, &tokenizer, &lines, pooling, batch_size)?;
+            write_embeddings(&vectors, out.as_deref())
+        }
+        Command::Forward { model, input, out } => {
+            let (_, encoder) = infer::load_encoder(&model, &device)?;
+            let batch = BatchJson::read(&input)?;
+            let outputs = infer::named_outputs(&encoder, &batch.to_input(&encoder, &device)?)
+                .with_context(|| format!("forward pass on {}", input.display()))?;
+            let bytes = safetensors::serialize(outputs.iter().map(|(k, v)| (k.clone(), v)), None)?;
+            write_atomic(&out, &bytes)?;
+            eprintln!("wrote {} tensors to {}", outputs.len(), out.display());
+            Ok(())
+        }
+    }
+}
+
+fn inspect(dir: &Path, device: &Device) -> Result<()> {
+    let ckpt = Checkpoint::load(dir, device)?;
+    let c = &ckpt.config;
+    let counts = ParameterCounts::of(&ckpt.weights);
+    let m = |n: usize| format!("{:.2}M", n as f64 / 1e6);
+    println!("model       {}", dir.display());
+    println!("family      {}", c.family.model_type());
+    println!(
+        "sizes       {} layers, hidden {}, {} heads, FFN {}, vocabulary {}, {} positions, {} token types, activation {:?}, LayerNorm eps {:e}",
+        c.num_layers, c.hidden_size, c.num_heads, c.intermediate_size, c.vocab_size, c.max_position_embeddings,
+        c.type_vocab_size, c.activation, c.layer_norm_eps
+    );
+    println!(
+        "parameters  {} in all: embeddings {}, encoder {}, MLM head {}",
+        m(counts.total()),
+        m(counts.embeddings),
+        m(counts.encoder),
+        m(counts.head)
+    );
+    if ckpt.has_head {
+        let tied = if c.tie_word_embeddings {
+            "decoder tied to the word embeddings"
+        } else {
+            "own decoder"
+        };
+        println!("MLM head    yes ({tied})");
+    } else {
+        println!("MLM head    none: an encoder-only checkpoint (embeddings work; fill-mask and distillation need a head)");
+    }
+    let files: Vec<String> = ckpt
+        .report
+        .files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into())
+        .collect();
+    println!("weights     {}", files.join(", "));
+    if !ckpt.report.ignored.is_empty() {
+        println!(
+            "ignored     {} (known, unused by an encoder)",
+            ckpt.report.ignored.join(", ")
+        );
+    }
+    if !ckpt.report.regenerated.is_empty() {
+        println!(
+            "regenerated {} (sinusoidal_pos_embds is true)",
+            ckpt.report.regenerated.join(", ")
+        );
+    }
+    match TextTokenizer::load(dir) {
+        Ok(t) => {
+            let s = t.special;
+            println!(
+                "tokenizer   {} ({} tokens; start {}, end {}, mask {} = `{}`, pad {})",
+                t.source.file_name().unwrap().to_string_lossy(),
+                t.vocab_size(),
+                s.start,
+                s.end,
+                s.mask,
+                t.mask_token(),
+                s.pad
+            );
+            if t.vocab_size() > c.vocab_size {
+                println!("warning     the tokenizer has more tokens than the model's vocabulary");
+            }
+        }
+        Err(e) => println!("tokenizer   none usable: {e:#}"),
+    }
+    Ok(())
+}
+
+fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
+    let lines: Vec<String> = match input {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read input file {}", path.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        None => std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<std::io::Result<_>>()
+            .context("cannot read standard input")?,
+    };
+    let lines: Vec<String> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        bail!("no input sentences: expected one sentence per non-empty line");
+    }
+    Ok(lines)
+}
+
+fn write_embeddings(vectors: &[Vec<f32>], out: Option<&Path>) -> Result<()> {
+    let jsonl = || -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        for v in vectors {
+            serde_json::to_writer(&mut buf, v)?;
+            buf.push(b'\n');
+        }
+        Ok(buf)
+    };
+    match out {
+        None => std::io::stdout()
+            .lock()
+            .write_all(&jsonl()?)
+            .context("cannot write to standard output"),
+        Some(path) if path.extension().is_some_and(|e| e == "npy") => {
+            write_atomic(path, &npy_f32(vectors))
+        }
+        Some(path) if path.extension().is_some_and(|e| e == "jsonl") => {
+            write_atomic(path, &jsonl()?)
+        }
+        Some(path) => bail!(
+            "output {}: expected a file name ending in .npy or .jsonl",
+            path.display()
+        ),
+    }
+}
+
+/// A float32 matrix in NumPy's `.npy` format (version 1.0).
+fn npy_f32(rows: &[Vec<f32>]) -> Vec<u8> {
+    let cols = rows.first().map_or(0, Vec::len);
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        rows.len(),
+        cols
+    );
+    // Magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    for v in rows.iter().flatten() {
+        out.extend(v.to_le_bytes());
+    }
+    out
+}

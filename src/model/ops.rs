@@ -1,0 +1,87 @@
+//! The numerical building blocks of the encoder, written so that autograd flows through them.
+//!
+//! candle-nn's fused `LayerNorm`, `rms_norm` and `softmax_last_dim` have no backward and cut
+//! the gradient without a word (DESIGN.md, trap 5); everything here is built from candle ops
+//! that do have one, and `tests/gradients.rs` checks it against finite differences.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use super::config::Activation;
+use crate::rng::Rng;
+
+/// `y = x Wᵀ + b` over the last dimension, for inputs of any rank.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let in_features = dims[dims.len() - 1];
+    let rows = x.elem_count() / in_features;
+    let y = x.reshape((rows, in_features))?.matmul(&weight.t()?)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().unwrap() = weight.dim(0)?;
+    y.reshape(out_dims)
+}
+
+/// LayerNorm over the last dimension, with a biased variance as PyTorch computes it.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension, shifted by the row maximum for stability.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// `log softmax` over the last dimension, without ever taking the log of a probability.
+pub fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?;
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&lse)
+}
+
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    match act {
+        Activation::Gelu => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Relu => x.relu(),
+    }
+}
+
+/// Inverted dropout with a mask drawn from our own generator, so that a resumed run draws
+/// the same masks as an unbroken one. With no generator (evaluation) it is the identity.
+pub fn dropout(x: &Tensor, p: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
+    let Some(rng) = rng else { return Ok(x.clone()) };
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let p = p as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.next_f32() < p { 0.0 } else { scale })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
+}
+
+/// The additive attention bias: 0 where a key is real, the dtype's lowest value where it is
+/// padding, shaped (batch, 1, 1, seq) to broadcast over heads and queries.
+pub fn attention_bias(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, s) = mask.dims2()?;
+    let lowest = match dtype {
+        DType::F64 => f64::MIN,
+        DType::F16 => half::f16::MIN.to_f64(),
+        DType::BF16 => half::bf16::MIN.to_f64(),
+        _ => f32::MIN as f64,
+    };
+    let keep = mask.to_dtype(dtype)?;
+    ((keep - 1.0)? * (-lowest))?.reshape((b, 1, 1, s))
+}
