@@ -29,8 +29,8 @@ pub struct BatchJson {
 
 impl BatchJson {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read batch file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read batch file {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| {
             format!(
                 "{}: expected a JSON object with `input_ids` and `attention_mask` (lists of lists of token ids, padded) and optionally `token_type_ids`",
@@ -92,13 +92,7 @@ pub fn fill_mask(
     }
     let device = Device::Cpu;
     let types = (encoder.cfg.type_vocab_size > 0).then_some(batch.token_type_ids.as_slice());
-    let input = EncoderInput::from_rows(
-        &encoder.cfg,
-        &batch.input_ids,
-        &batch.attention_mask,
-        types,
-        &device,
-    )?;
+    let input = EncoderInput::from_rows(&encoder.cfg, &batch.input_ids, &batch.attention_mask, types, &device)?;
     let hidden = encoder.forward(&input, None)?;
     let logits = encoder.logits(hidden.last().unwrap())?;
     let probs = ops::softmax(&logits)?;
@@ -109,15 +103,9 @@ pub fn fill_mask(
             let p: Vec<f32> = probs.get(row)?.get(position)?.to_vec1()?;
             let mut order: Vec<usize> = (0..p.len()).collect();
             order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-            let candidates = order
-                .into_iter()
-                .take(top_k)
-                .map(|id| (tokenizer.id_to_token(id as u32), p[id]))
-                .collect();
-            predictions.push(MaskPrediction {
-                position,
-                candidates,
-            });
+            let candidates =
+                order.into_iter().take(top_k).map(|id| (tokenizer.id_to_token(id as u32), p[id])).collect();
+            predictions.push(MaskPrediction { position, candidates });
         }
         results.push(predictions);
     }
@@ -145,13 +133,7 @@ pub fn embed(
     for chunk in texts.chunks(batch_size.max(1)) {
         let batch = tokenizer.encode_batch(chunk, encoder.cfg.max_sequence_length())?;
         let types = (encoder.cfg.type_vocab_size > 0).then_some(batch.token_type_ids.as_slice());
-        let input = EncoderInput::from_rows(
-            &encoder.cfg,
-            &batch.input_ids,
-            &batch.attention_mask,
-            types,
-            &device,
-        )?;
+        let input = EncoderInput::from_rows(&encoder.cfg, &batch.input_ids, &batch.attention_mask, types, &device)?;
         let hidden = encoder.forward(&input, None)?;
         let last = hidden.last().unwrap();
         let pooled = match pooling {

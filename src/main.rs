@@ -13,11 +13,7 @@ use distil::infer::{self, BatchJson, Pooling};
 use distil::model::{checkpoint::write_atomic, Checkpoint, ParameterCounts, TextTokenizer};
 
 #[derive(Parser)]
-#[command(
-    name = "distil",
-    version,
-    about = "Small, fast transformer encoders by knowledge distillation"
-)]
+#[command(name = "distil", version, about = "Small, fast transformer encoders by knowledge distillation")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,6 +52,9 @@ enum Command {
         out: Option<PathBuf>,
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
+        /// Print the cosine similarity of every pair of sentences instead of the vectors.
+        #[arg(long, conflicts_with = "out")]
+        similarities: bool,
     },
     /// Run one padded batch through the model and save every output as safetensors
     /// (hidden_states.{i}, last_hidden_state, logits): for parity checks against other code.
@@ -85,38 +84,28 @@ fn run(command: Command) -> Result<()> {
     let device = Device::Cpu;
     match command {
         Command::Inspect { dir } => inspect(&dir, &device),
-        Command::FillMask {
-            model,
-            top_k,
-            texts,
-        } => {
+        Command::FillMask { model, top_k, texts } => {
             let (_, encoder) = infer::load_encoder(&model, &device)?;
             let tokenizer = TextTokenizer::load(&model)?;
             let results = infer::fill_mask(&encoder, &tokenizer, &texts, top_k)?;
             for (text, masks) in texts.iter().zip(results) {
                 println!("{text}");
                 for m in masks {
-                    let list: Vec<String> = m
-                        .candidates
-                        .iter()
-                        .map(|(t, p)| format!("{t} {p:.3}"))
-                        .collect();
+                    let list: Vec<String> = m.candidates.iter().map(|(t, p)| format!("{t} {p:.3}")).collect();
                     println!("  mask at token {:>3}: {}", m.position, list.join(" | "));
                 }
             }
             Ok(())
         }
-        Command::Embed {
-            model,
-            pooling,
-            input,
-            out,
-            batch_size,
-        } => {
+        Command::Embed { model, pooling, input, out, batch_size, similarities } => {
             let (_, encoder) = infer::load_encoder(&model, &device)?;
             let tokenizer = TextTokenizer::load(&model)?;
             let lines = read_lines(input.as_deref())?;
             let vectors = infer::embed(&encoder, &tokenizer, &lines, pooling, batch_size)?;
+            if similarities {
+                print_similarities(&lines, &vectors);
+                return Ok(());
+            }
             write_embeddings(&vectors, out.as_deref())
         }
         Command::Forward { model, input, out } => {
@@ -136,11 +125,11 @@ fn inspect(dir: &Path, device: &Device) -> Result<()> {
     let ckpt = Checkpoint::load(dir, device)?;
     let c = &ckpt.config;
     let counts = ParameterCounts::of(&ckpt.weights);
-    let m = |n: usize| format!("{:.2}M", n as f64 / 1e6);
+    let m = |n: usize| if n >= 100_000 { format!("{:.2}M", n as f64 / 1e6) } else { format!("{n}") };
     println!("model       {}", dir.display());
     println!("family      {}", c.family.model_type());
     println!(
-        "sizes       {} layers, hidden {}, {} heads, FFN {}, vocabulary {}, {} positions, {} token types, activation {:?}, LayerNorm eps {:e}",
+        "sizes       {} layers, hidden {}, {} heads, FFN {}, vocabulary {}, {} positions, {} token types, activation {}, LayerNorm eps {:e}",
         c.num_layers, c.hidden_size, c.num_heads, c.intermediate_size, c.vocab_size, c.max_position_embeddings,
         c.type_vocab_size, c.activation, c.layer_norm_eps
     );
@@ -152,33 +141,27 @@ fn inspect(dir: &Path, device: &Device) -> Result<()> {
         m(counts.head)
     );
     if ckpt.has_head {
-        let tied = if c.tie_word_embeddings {
-            "decoder tied to the word embeddings"
-        } else {
-            "own decoder"
-        };
+        let tied = if c.tie_word_embeddings { "decoder tied to the word embeddings" } else { "own decoder" };
         println!("MLM head    yes ({tied})");
     } else {
-        println!("MLM head    none: an encoder-only checkpoint (embeddings work; fill-mask and distillation need a head)");
+        println!(
+            "MLM head    none: an encoder-only checkpoint (embeddings work; fill-mask and distillation need a head)"
+        );
     }
-    let files: Vec<String> = ckpt
-        .report
-        .files
-        .iter()
-        .map(|f| f.file_name().unwrap().to_string_lossy().into())
-        .collect();
+    let files: Vec<String> =
+        ckpt.report.files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into()).collect();
     println!("weights     {}", files.join(", "));
     if !ckpt.report.ignored.is_empty() {
+        println!("ignored     {} (known, unused by an encoder)", ckpt.report.ignored.join(", "));
+    }
+    if !ckpt.report.tied_duplicates.is_empty() {
         println!(
-            "ignored     {} (known, unused by an encoder)",
-            ckpt.report.ignored.join(", ")
+            "tied        {} (stored, but the config ties it to the word embeddings)",
+            ckpt.report.tied_duplicates.join(", ")
         );
     }
     if !ckpt.report.regenerated.is_empty() {
-        println!(
-            "regenerated {} (sinusoidal_pos_embds is true)",
-            ckpt.report.regenerated.join(", ")
-        );
+        println!("regenerated {} (sinusoidal_pos_embds is true)", ckpt.report.regenerated.join(", "));
     }
     match TextTokenizer::load(dir) {
         Ok(t) => {
@@ -209,17 +192,26 @@ fn read_lines(input: Option<&Path>) -> Result<Vec<String>> {
             .lines()
             .map(str::to_string)
             .collect(),
-        None => std::io::stdin()
-            .lock()
-            .lines()
-            .collect::<std::io::Result<_>>()
-            .context("cannot read standard input")?,
+        None => {
+            std::io::stdin().lock().lines().collect::<std::io::Result<_>>().context("cannot read standard input")?
+        }
     };
     let lines: Vec<String> = lines.into_iter().filter(|l| !l.trim().is_empty()).collect();
     if lines.is_empty() {
         bail!("no input sentences: expected one sentence per non-empty line");
     }
     Ok(lines)
+}
+
+fn print_similarities(lines: &[String], vectors: &[Vec<f32>]) {
+    for (i, line) in lines.iter().enumerate() {
+        println!("[{i}] {line}");
+    }
+    for i in 0..lines.len() {
+        for j in i + 1..lines.len() {
+            println!("cos([{i}], [{j}]) = {:+.4}", infer::cosine(&vectors[i], &vectors[j]));
+        }
+    }
 }
 
 fn write_embeddings(vectors: &[Vec<f32>], out: Option<&Path>) -> Result<()> {
@@ -232,31 +224,17 @@ fn write_embeddings(vectors: &[Vec<f32>], out: Option<&Path>) -> Result<()> {
         Ok(buf)
     };
     match out {
-        None => std::io::stdout()
-            .lock()
-            .write_all(&jsonl()?)
-            .context("cannot write to standard output"),
-        Some(path) if path.extension().is_some_and(|e| e == "npy") => {
-            write_atomic(path, &npy_f32(vectors))
-        }
-        Some(path) if path.extension().is_some_and(|e| e == "jsonl") => {
-            write_atomic(path, &jsonl()?)
-        }
-        Some(path) => bail!(
-            "output {}: expected a file name ending in .npy or .jsonl",
-            path.display()
-        ),
+        None => std::io::stdout().lock().write_all(&jsonl()?).context("cannot write to standard output"),
+        Some(path) if path.extension().is_some_and(|e| e == "npy") => write_atomic(path, &npy_f32(vectors)),
+        Some(path) if path.extension().is_some_and(|e| e == "jsonl") => write_atomic(path, &jsonl()?),
+        Some(path) => bail!("output {}: expected a file name ending in .npy or .jsonl", path.display()),
     }
 }
 
 /// A float32 matrix in NumPy's `.npy` format (version 1.0).
 fn npy_f32(rows: &[Vec<f32>]) -> Vec<u8> {
     let cols = rows.first().map_or(0, Vec::len);
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
-        rows.len(),
-        cols
-    );
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", rows.len(), cols);
     // Magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of 64.
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');

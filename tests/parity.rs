@@ -15,36 +15,22 @@ fn outputs_match_transformers() {
     let device = Device::Cpu;
     for name in MODELS {
         let dir = fixture(&format!("models/{name}"));
-        let (ckpt, encoder) =
-            load_encoder(&dir, &device).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!(
-            ckpt.has_head,
-            *name != "bert_encoder",
-            "{name}: head detection"
-        );
+        let (ckpt, encoder) = load_encoder(&dir, &device).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(ckpt.has_head, *name != "bert_encoder", "{name}: head detection");
         for batch in ["batch0", "batch1"] {
             let input = BatchJson::read(&dir.join(format!("expected/{batch}.json"))).unwrap();
-            let ours =
-                named_outputs(&encoder, &input.to_input(&encoder, &device).unwrap()).unwrap();
+            let ours = named_outputs(&encoder, &input.to_input(&encoder, &device).unwrap()).unwrap();
             let expected = load_expected(&dir.join(format!("expected/{batch}.safetensors")));
             for (key, want) in &expected {
                 if key == "pooler_output" {
                     continue; // the pooler is not part of an encoder's outputs here
                 }
-                let got = ours
-                    .get(key)
-                    .unwrap_or_else(|| panic!("{name}/{batch}: no output `{key}`"));
+                let got = ours.get(key).unwrap_or_else(|| panic!("{name}/{batch}: no output `{key}`"));
                 let diff = max_abs_diff(got, want);
-                assert!(
-                    diff <= TOLERANCE,
-                    "{name}/{batch}/{key}: max abs diff {diff:e} > {TOLERANCE:e}"
-                );
+                assert!(diff <= TOLERANCE, "{name}/{batch}/{key}: max abs diff {diff:e} > {TOLERANCE:e}");
             }
             for key in ours.keys() {
-                assert!(
-                    expected.contains_key(key),
-                    "{name}/{batch}: transformers recorded no `{key}`"
-                );
+                assert!(expected.contains_key(key), "{name}/{batch}: transformers recorded no `{key}`");
             }
         }
     }
@@ -58,62 +44,23 @@ fn save_then_load_is_lossless() {
         let first = Checkpoint::load(&dir, &device).unwrap();
         let out = tempfile::tempdir().unwrap();
         checkpoint::save(out.path(), &first.config, &first.weights, None).unwrap();
-        let second = Checkpoint::load(out.path(), &device)
-            .unwrap_or_else(|e| panic!("{name}: reload: {e:#}"));
+        let second = Checkpoint::load(out.path(), &device).unwrap_or_else(|e| panic!("{name}: reload: {e:#}"));
         assert_eq!(second.has_head, first.has_head, "{name}");
-        assert!(
-            second.report.ignored.is_empty(),
-            "{name}: saved extra tensors {:?}",
-            second.report.ignored
-        );
-        assert_eq!(
-            first.weights.keys().collect::<Vec<_>>(),
-            second.weights.keys().collect::<Vec<_>>(),
-            "{name}"
-        );
+        assert!(second.report.ignored.is_empty(), "{name}: saved extra tensors {:?}", second.report.ignored);
+        assert_eq!(first.weights.keys().collect::<Vec<_>>(), second.weights.keys().collect::<Vec<_>>(), "{name}");
         for (key, a) in &first.weights {
             let b = &second.weights[key];
-            assert_eq!(
-                max_abs_diff(a, b),
-                0.0,
-                "{name}: tensor {key} changed on save/load"
-            );
+            assert_eq!(max_abs_diff(a, b), 0.0, "{name}: tensor {key} changed on save/load");
         }
         let (c1, c2) = (&first.config, &second.config);
         assert_eq!(
-            (
-                c1.family,
-                c1.hidden_size,
-                c1.num_layers,
-                c1.num_heads,
-                c1.intermediate_size,
-                c1.vocab_size
-            ),
-            (
-                c2.family,
-                c2.hidden_size,
-                c2.num_layers,
-                c2.num_heads,
-                c2.intermediate_size,
-                c2.vocab_size
-            ),
+            (c1.family, c1.hidden_size, c1.num_layers, c1.num_heads, c1.intermediate_size, c1.vocab_size),
+            (c2.family, c2.hidden_size, c2.num_layers, c2.num_heads, c2.intermediate_size, c2.vocab_size),
             "{name}"
         );
         assert_eq!(
-            (
-                c1.activation,
-                c1.layer_norm_eps,
-                c1.pad_token_id,
-                c1.tie_word_embeddings,
-                c1.type_vocab_size
-            ),
-            (
-                c2.activation,
-                c2.layer_norm_eps,
-                c2.pad_token_id,
-                c2.tie_word_embeddings,
-                c2.type_vocab_size
-            ),
+            (c1.activation, c1.layer_norm_eps, c1.pad_token_id, c1.tie_word_embeddings, c1.type_vocab_size),
+            (c2.activation, c2.layer_norm_eps, c2.pad_token_id, c2.tie_word_embeddings, c2.type_vocab_size),
             "{name}"
         );
         // The reloaded model computes the recorded outputs too.
@@ -122,10 +69,7 @@ fn save_then_load_is_lossless() {
         let ours = named_outputs(&encoder, &input.to_input(&encoder, &device).unwrap()).unwrap();
         let expected = load_expected(&dir.join("expected/batch0.safetensors"));
         let diff = max_abs_diff(&ours["last_hidden_state"], &expected["last_hidden_state"]);
-        assert!(
-            diff <= TOLERANCE,
-            "{name}: reloaded model differs by {diff:e}"
-        );
+        assert!(diff <= TOLERANCE, "{name}: reloaded model differs by {diff:e}");
     }
 }
 
@@ -136,18 +80,8 @@ fn tied_decoder_is_not_written() {
     let out = tempfile::tempdir().unwrap();
     checkpoint::save(out.path(), &first.config, &first.weights, None).unwrap();
     let keys: Vec<String> =
-        candle_core::safetensors::load(out.path().join("model.safetensors"), &device)
-            .unwrap()
-            .into_keys()
-            .collect();
-    assert!(
-        keys.iter().all(|k| !k.contains("decoder")),
-        "tied decoder saved: {keys:?}"
-    );
-    assert!(
-        keys.iter()
-            .any(|k| k == "bert.embeddings.word_embeddings.weight"),
-        "{keys:?}"
-    );
+        candle_core::safetensors::load(out.path().join("model.safetensors"), &device).unwrap().into_keys().collect();
+    assert!(keys.iter().all(|k| !k.contains("decoder")), "tied decoder saved: {keys:?}");
+    assert!(keys.iter().any(|k| k == "bert.embeddings.word_embeddings.weight"), "{keys:?}");
     assert!(keys.iter().any(|k| k == "cls.predictions.bias"), "{keys:?}");
 }

@@ -15,14 +15,8 @@ use super::config::{Family, ModelConfig};
 use super::encoder::{parameter_shapes, sinusoidal_table, Weights};
 
 /// Files that travel with a model's weights and make it usable as a tokenizer too.
-pub const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-];
+pub const TOKENIZER_FILES: &[&str] =
+    &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt"];
 
 /// The family's name for the base model in keys of a checkpoint with a head.
 fn base_prefix(family: Family) -> &'static str {
@@ -75,16 +69,10 @@ pub fn hf_key(family: Family, canonical: &str) -> String {
             let rest = rest.join(".");
             let mapped = match (family, rest.as_str()) {
                 (Family::Bert, "transform.weight" | "transform.bias") => {
-                    format!(
-                        "cls.predictions.transform.dense.{}",
-                        &rest["transform.".len()..]
-                    )
+                    format!("cls.predictions.transform.dense.{}", &rest["transform.".len()..])
                 }
                 (Family::Bert, r) if r.starts_with("norm.") => {
-                    format!(
-                        "cls.predictions.transform.LayerNorm.{}",
-                        &r["norm.".len()..]
-                    )
+                    format!("cls.predictions.transform.LayerNorm.{}", &r["norm.".len()..])
                 }
                 (Family::Bert, "decoder.weight") => "cls.predictions.decoder.weight".into(),
                 (Family::Bert, "bias") => "cls.predictions.bias".into(),
@@ -183,16 +171,12 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if single.is_file() {
         return Ok(vec![single]);
     }
-    for index in [
-        "model.safetensors.index.json",
-        "pytorch_model.bin.index.json",
-    ] {
+    for index in ["model.safetensors.index.json", "pytorch_model.bin.index.json"] {
         let path = dir.join(index);
         if path.is_file() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
             let map = json
                 .get("weight_map")
                 .and_then(|m| m.as_object())
@@ -221,7 +205,9 @@ fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
     let tensors = if is_safetensors {
         candle_core::safetensors::load(path, &Device::Cpu)
-            .with_context(|| format!("cannot read safetensors file {}", path.display()))?
+            .with_context(|| {
+                format!("cannot read safetensors file {} (truncated, or not a safetensors file)", path.display())
+            })?
             .into_iter()
             .collect()
     } else {
@@ -246,9 +232,7 @@ impl Checkpoint {
                 stored.insert(bare, (tensor, key, fi));
             }
         }
-        let has_head = stored
-            .keys()
-            .any(|k| is_head_key(family, k) && !is_known_unused(k));
+        let has_head = stored.keys().any(|k| is_head_key(family, k) && !is_known_unused(k));
         let where_ = || {
             if files.len() == 1 {
                 files[0].display().to_string()
@@ -259,10 +243,7 @@ impl Checkpoint {
 
         let mut weights = Weights::new();
         let mut missing = Vec::new();
-        let mut report = LoadReport {
-            files: files.clone(),
-            ..Default::default()
-        };
+        let mut report = LoadReport { files: files.clone(), ..Default::default() };
         for (name, shape) in parameter_shapes(&config, has_head) {
             let key = hf_key(family, &name);
             let found = std::iter::once(key.clone())
@@ -271,11 +252,7 @@ impl Checkpoint {
             let Some((_, (tensor, stored_key, fi))) = found else {
                 missing.push(format!(
                     "`{prefix_if}{key}` {shape:?}",
-                    prefix_if = if is_head_key(family, &key) {
-                        ""
-                    } else {
-                        prefix
-                    }
+                    prefix_if = if is_head_key(family, &key) { "" } else { prefix }
                 ));
                 continue;
             };
@@ -299,12 +276,7 @@ impl Checkpoint {
             weights.insert(name, tensor.to_device(device)?);
         }
         if !missing.is_empty() {
-            bail!(
-                "{} lacks {} tensor(s) the config requires: {}",
-                where_(),
-                missing.len(),
-                missing.join(", ")
-            );
+            bail!("{} lacks {} tensor(s) the config requires: {}", where_(), missing.len(), missing.join(", "));
         }
         let decoder_key = hf_key(family, "head.decoder.weight");
         let mut unexpected = Vec::new();
@@ -328,13 +300,7 @@ impl Checkpoint {
                 unexpected.join(", ")
             );
         }
-        Ok(Checkpoint {
-            dir: dir.to_path_buf(),
-            config,
-            weights,
-            has_head,
-            report,
-        })
+        Ok(Checkpoint { dir: dir.to_path_buf(), config, weights, has_head, report })
     }
 }
 
@@ -343,45 +309,27 @@ impl Checkpoint {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
-        path.extension()
-            .map(|e| e.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
     ));
     std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} into place", path.display()))
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
 }
 
 /// Saves an HF checkpoint into `dir`: `config.json`, `model.safetensors` (under the family's
 /// key names; the decoder omitted when tied, as transformers writes it) and the tokenizer files
 /// found in `tokenizer_from`.
-pub fn save(
-    dir: &Path,
-    config: &ModelConfig,
-    weights: &Weights,
-    tokenizer_from: Option<&Path>,
-) -> Result<()> {
+pub fn save(dir: &Path, config: &ModelConfig, weights: &Weights, tokenizer_from: Option<&Path>) -> Result<()> {
     let has_head = weights.contains_key("head.bias");
     let family = config.family;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, shape) in parameter_shapes(config, has_head) {
-        let tensor = weights
-            .get(&name)
-            .with_context(|| format!("cannot save: the model has no tensor `{name}`"))?;
+        let tensor = weights.get(&name).with_context(|| format!("cannot save: the model has no tensor `{name}`"))?;
         if tensor.dims() != shape.as_slice() {
-            bail!(
-                "cannot save: tensor `{name}` has shape {:?}, the config says {:?}",
-                tensor.dims(),
-                shape
-            );
+            bail!("cannot save: tensor `{name}` has shape {:?}, the config says {:?}", tensor.dims(), shape);
         }
         let key = hf_key(family, &name);
-        let key = if has_head && !is_head_key(family, &key) {
-            format!("{}{key}", base_prefix(family))
-        } else {
-            key
-        };
+        let key = if has_head && !is_head_key(family, &key) { format!("{}{key}", base_prefix(family)) } else { key };
         tensors.insert(key, tensor.to_device(&Device::Cpu)?.contiguous()?);
     }
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
@@ -404,8 +352,7 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
     for name in TOKENIZER_FILES {
         let src = from.join(name);
         if src.is_file() {
-            let bytes =
-                std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
+            let bytes = std::fs::read(&src).with_context(|| format!("cannot read {}", src.display()))?;
             write_atomic(&to.join(name), &bytes)?;
         }
     }
@@ -423,11 +370,7 @@ pub struct ParameterCounts {
 
 impl ParameterCounts {
     pub fn of(weights: &Weights) -> Self {
-        let mut c = ParameterCounts {
-            embeddings: 0,
-            encoder: 0,
-            head: 0,
-        };
+        let mut c = ParameterCounts { embeddings: 0, encoder: 0, head: 0 };
         for (name, t) in weights {
             let n = t.elem_count();
             if name.starts_with("embeddings.") {

@@ -56,6 +56,16 @@ pub enum Activation {
     Relu,
 }
 
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Activation::Gelu => "gelu (erf)",
+            Activation::GeluTanh => "gelu (tanh approximation)",
+            Activation::Relu => "relu",
+        })
+    }
+}
+
 impl Activation {
     fn parse(name: &str, field: &str) -> Result<Self> {
         Ok(match name {
@@ -101,15 +111,15 @@ impl Fields<'_> {
     fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).with_context(|| {
-                format!("config.json: field `{key}` is {v}; expected a non-negative integer")
-            }),
+            Some(v) => v
+                .as_u64()
+                .map(|x| Some(x as usize))
+                .with_context(|| format!("config.json: field `{key}` is {v}; expected a non-negative integer")),
         }
     }
     fn usize(&self, key: &str) -> Result<usize> {
-        self.usize_opt(key)?.with_context(|| {
-            format!("config.json: field `{key}` is missing; expected a non-negative integer")
-        })
+        self.usize_opt(key)?
+            .with_context(|| format!("config.json: field `{key}` is missing; expected a non-negative integer"))
     }
     fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
         Ok(self.usize_opt(key)?.unwrap_or(default))
@@ -117,25 +127,21 @@ impl Fields<'_> {
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .with_context(|| format!("config.json: field `{key}` is {v}; expected a number")),
+            Some(v) => v.as_f64().with_context(|| format!("config.json: field `{key}` is {v}; expected a number")),
         }
     }
     fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_bool().with_context(|| {
-                format!("config.json: field `{key}` is {v}; expected true or false")
-            }),
+            Some(v) => {
+                v.as_bool().with_context(|| format!("config.json: field `{key}` is {v}; expected true or false"))
+            }
         }
     }
     fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_str()
-                .with_context(|| format!("config.json: field `{key}` is {v}; expected a string")),
+            Some(v) => v.as_str().with_context(|| format!("config.json: field `{key}` is {v}; expected a string")),
         }
     }
 }
@@ -144,17 +150,11 @@ impl ModelConfig {
     /// Reads `DIR/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            bail!(
-                "model directory {} does not exist or is not a directory",
-                dir.display()
-            );
+            bail!("model directory {} does not exist or is not a directory", dir.display());
         }
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read {}: a Hugging Face model directory needs a config.json",
-                path.display()
-            )
+            format!("cannot read {}: a Hugging Face model directory needs a config.json", path.display())
         })?;
         Self::from_json_str(&text).with_context(|| format!("in {}", path.display()))
     }
@@ -172,7 +172,9 @@ impl ModelConfig {
         let model_type = match raw.get("model_type") {
             Some(Value::String(s)) => s.clone(),
             Some(v) => bail!("config.json: field `model_type` is {v}; expected a string"),
-            None => bail!("config.json: field `model_type` is missing; expected \"bert\", \"roberta\" or \"distilbert\""),
+            None => {
+                bail!("config.json: field `model_type` is missing; expected \"bert\", \"roberta\" or \"distilbert\"")
+            }
         };
         let cfg = match model_type.as_str() {
             "bert" | "roberta" => {
@@ -276,19 +278,12 @@ impl ModelConfig {
             map.insert(k.to_string(), v);
         };
         set("model_type", self.family.model_type().into());
-        let arch = if with_head {
-            self.family.masked_lm_class()
-        } else {
-            self.family.base_class()
-        };
+        let arch = if with_head { self.family.masked_lm_class() } else { self.family.base_class() };
         set("architectures", Value::Array(vec![arch.into()]));
         set("vocab_size", self.vocab_size.into());
         set("pad_token_id", self.pad_token_id.into());
         set("tie_word_embeddings", self.tie_word_embeddings.into());
-        set(
-            "max_position_embeddings",
-            self.max_position_embeddings.into(),
-        );
+        set("max_position_embeddings", self.max_position_embeddings.into());
         match self.family {
             Family::Bert | Family::Roberta => {
                 set("hidden_size", self.hidden_size.into());
@@ -322,15 +317,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.family, Family::DistilBert);
-        assert_eq!(
-            (
-                c.hidden_size,
-                c.num_heads,
-                c.num_layers,
-                c.intermediate_size
-            ),
-            (32, 4, 2, 50)
-        );
+        assert_eq!((c.hidden_size, c.num_heads, c.num_layers, c.intermediate_size), (32, 4, 2, 50));
         assert_eq!(c.activation, Activation::Relu);
         assert_eq!(c.type_vocab_size, 0);
         assert_eq!(c.layer_norm_eps, 1e-12);

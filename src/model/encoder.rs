@@ -24,10 +24,7 @@ pub fn parameter_shapes(cfg: &ModelConfig, with_head: bool) -> Vec<(String, Vec<
     let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
     let mut out: Vec<(String, Vec<usize>)> = vec![
         ("embeddings.word".into(), vec![v, h]),
-        (
-            "embeddings.position".into(),
-            vec![cfg.max_position_embeddings, h],
-        ),
+        ("embeddings.position".into(), vec![cfg.max_position_embeddings, h]),
     ];
     if cfg.type_vocab_size > 0 {
         out.push(("embeddings.token_type".into(), vec![cfg.type_vocab_size, h]));
@@ -68,13 +65,7 @@ pub fn is_no_decay(name: &str) -> bool {
 
 /// Random weights as transformers initialises them: normal(0, std) matrices, zero biases,
 /// unit LayerNorm weights, and a zero row for the padding token.
-pub fn init_weights(
-    cfg: &ModelConfig,
-    with_head: bool,
-    std: f64,
-    rng: &mut Rng,
-    device: &Device,
-) -> Result<Weights> {
+pub fn init_weights(cfg: &ModelConfig, with_head: bool, std: f64, rng: &mut Rng, device: &Device) -> Result<Weights> {
     let mut w = Weights::new();
     for (name, shape) in parameter_shapes(cfg, with_head) {
         let n: usize = shape.iter().product();
@@ -124,10 +115,7 @@ impl EncoderInput {
         }
         let check = |what: &str, rows: &[Vec<u32>]| -> anyhow::Result<()> {
             if rows.len() != b {
-                bail!(
-                    "`{what}` has {} rows; expected {b} like `input_ids`",
-                    rows.len()
-                );
+                bail!("`{what}` has {} rows; expected {b} like `input_ids`", rows.len());
             }
             if let Some((r, row)) = rows.iter().enumerate().find(|(_, r)| r.len() != s) {
                 bail!("`{what}` row {r} has {} entries; expected {s} (rows must be padded to one length)", row.len());
@@ -140,21 +128,11 @@ impl EncoderInput {
             check("token_type_ids", rows)?;
         }
         if s > cfg.max_sequence_length() {
-            bail!(
-                "sequences of {s} tokens are longer than the model's maximum of {}",
-                cfg.max_sequence_length()
-            );
+            bail!("sequences of {s} tokens are longer than the model's maximum of {}", cfg.max_sequence_length());
         }
         for (r, row) in input_ids.iter().enumerate() {
-            if let Some((c, id)) = row
-                .iter()
-                .enumerate()
-                .find(|(_, &id)| id as usize >= cfg.vocab_size)
-            {
-                bail!(
-                    "`input_ids` [{r}][{c}] is {id}, outside the vocabulary of {} tokens",
-                    cfg.vocab_size
-                );
+            if let Some((c, id)) = row.iter().enumerate().find(|(_, &id)| id as usize >= cfg.vocab_size) {
+                bail!("`input_ids` [{r}][{c}] is {id}, outside the vocabulary of {} tokens", cfg.vocab_size);
             }
         }
         for (r, row) in attention_mask.iter().enumerate() {
@@ -164,10 +142,7 @@ impl EncoderInput {
         }
         let types = match (token_type_ids, cfg.type_vocab_size) {
             (None, _) => None,
-            (Some(_), 0) => bail!(
-                "`token_type_ids` given, but a {} model has no token types",
-                cfg.family.model_type()
-            ),
+            (Some(_), 0) => bail!("`token_type_ids` given, but a {} model has no token types", cfg.family.model_type()),
             (Some(rows), n) => {
                 for (r, row) in rows.iter().enumerate() {
                     if let Some((c, t)) = row.iter().enumerate().find(|(_, &t)| t as usize >= n) {
@@ -237,16 +212,10 @@ struct Getter<'a> {
 
 impl Getter<'_> {
     fn get(&self, name: &str) -> anyhow::Result<Tensor> {
-        self.weights
-            .get(name)
-            .cloned()
-            .with_context(|| format!("model weights have no tensor `{name}`"))
+        self.weights.get(name).cloned().with_context(|| format!("model weights have no tensor `{name}`"))
     }
     fn linear(&self, prefix: &str) -> anyhow::Result<Linear> {
-        Ok(Linear {
-            weight: self.get(&format!("{prefix}.weight"))?,
-            bias: self.get(&format!("{prefix}.bias"))?,
-        })
+        Ok(Linear { weight: self.get(&format!("{prefix}.weight"))?, bias: self.get(&format!("{prefix}.bias"))? })
     }
     fn norm(&self, prefix: &str, eps: f64) -> anyhow::Result<LayerNorm> {
         Ok(LayerNorm {
@@ -332,11 +301,7 @@ impl Encoder {
                 transform: g.linear("head.transform")?,
                 activation: head_activation,
                 norm: g.norm("head.norm", eps)?,
-                decoder: if cfg.tie_word_embeddings {
-                    word.clone()
-                } else {
-                    g.get("head.decoder.weight")?
-                },
+                decoder: if cfg.tie_word_embeddings { word.clone() } else { g.get("head.decoder.weight")? },
                 bias: g.get("head.bias")?,
             })
         } else {
@@ -346,11 +311,7 @@ impl Encoder {
             cfg: cfg.clone(),
             word,
             position: g.get("embeddings.position")?,
-            token_type: if cfg.type_vocab_size > 0 {
-                Some(g.get("embeddings.token_type")?)
-            } else {
-                None
-            },
+            token_type: if cfg.type_vocab_size > 0 { Some(g.get("embeddings.token_type")?) } else { None },
             embeddings_norm: g.norm("embeddings.norm", eps)?,
             layers,
             head,
@@ -367,11 +328,7 @@ impl Encoder {
 
     /// All hidden states: the embedding output first, then each layer's output. With a
     /// generator, dropout is active (training); without one the pass is deterministic.
-    pub fn forward(
-        &self,
-        input: &EncoderInput,
-        mut dropout: Option<&mut Rng>,
-    ) -> Result<Vec<Tensor>> {
+    pub fn forward(&self, input: &EncoderInput, mut dropout: Option<&mut Rng>) -> Result<Vec<Tensor>> {
         let cfg = &self.cfg;
         let (b, s) = input.input_ids.dims2()?;
         let flat = |t: &Tensor| t.reshape(b * s);
@@ -399,13 +356,7 @@ impl Encoder {
         Ok(hidden)
     }
 
-    fn layer_forward(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        bias: &Tensor,
-        mut rng: Option<&mut Rng>,
-    ) -> Result<Tensor> {
+    fn layer_forward(&self, layer: &Layer, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, s, h) = x.dims3()?;
         let (heads, d) = (cfg.num_heads, cfg.head_dim());
@@ -417,11 +368,7 @@ impl Encoder {
         let probs = ops::softmax(&scores)?;
         let probs = ops::dropout(&probs, cfg.attention_dropout, rng.as_deref_mut())?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
-        let attended = ops::dropout(
-            &layer.output.forward(&context)?,
-            cfg.hidden_dropout,
-            rng.as_deref_mut(),
-        )?;
+        let attended = ops::dropout(&layer.output.forward(&context)?, cfg.hidden_dropout, rng.as_deref_mut())?;
         let x = layer.attention_norm.forward(&(attended + x)?)?;
         let inner = ops::activation(&layer.up.forward(&x)?, cfg.activation)?;
         let out = ops::dropout(&layer.down.forward(&inner)?, cfg.hidden_dropout, rng)?;

@@ -44,34 +44,22 @@ impl TextTokenizer {
     pub fn load(path: &Path) -> Result<Self> {
         let (inner, source) = if path.is_file() {
             (
-                Tokenizer::from_file(path)
-                    .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()))?,
+                Tokenizer::from_file(path).map_err(|e| anyhow!("cannot read tokenizer {}: {e}", path.display()))?,
                 path.to_path_buf(),
             )
         } else if path.join("tokenizer.json").is_file() {
             let file = path.join("tokenizer.json");
-            (
-                Tokenizer::from_file(&file)
-                    .map_err(|e| anyhow!("cannot read tokenizer {}: {e}", file.display()))?,
-                file,
-            )
+            (Tokenizer::from_file(&file).map_err(|e| anyhow!("cannot read tokenizer {}: {e}", file.display()))?, file)
         } else if path.join("vocab.txt").is_file() {
             let file = path.join("vocab.txt");
             (wordpiece_from_vocab(path)?, file)
         } else if path.is_dir() {
-            bail!(
-                "no tokenizer in {}: expected tokenizer.json or vocab.txt",
-                path.display()
-            );
+            bail!("no tokenizer in {}: expected tokenizer.json or vocab.txt", path.display());
         } else {
             bail!("tokenizer path {} does not exist", path.display());
         };
         let find = |names: [&str; 5], i: usize| inner.token_to_id(names[i]);
-        let names = if find(BERT_SPECIALS, 2).is_some() {
-            BERT_SPECIALS
-        } else {
-            ROBERTA_SPECIALS
-        };
+        let names = if find(BERT_SPECIALS, 2).is_some() { BERT_SPECIALS } else { ROBERTA_SPECIALS };
         let need = |i: usize| {
             find(names, i).with_context(|| {
                 format!(
@@ -83,18 +71,9 @@ impl TextTokenizer {
                 )
             })
         };
-        let special = SpecialTokens {
-            start: need(0)?,
-            end: need(1)?,
-            mask: need(2)?,
-            pad: need(3)?,
-            unk: find(names, 4),
-        };
-        Ok(TextTokenizer {
-            inner,
-            special,
-            source,
-        })
+        let special =
+            SpecialTokens { start: need(0)?, end: need(1)?, mask: need(2)?, pad: need(3)?, unk: find(names, 4) };
+        Ok(TextTokenizer { inner, special, source })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -106,9 +85,7 @@ impl TextTokenizer {
     }
 
     pub fn id_to_token(&self, id: u32) -> String {
-        self.inner
-            .id_to_token(id)
-            .unwrap_or_else(|| format!("<id {id}>"))
+        self.inner.id_to_token(id).unwrap_or_else(|| format!("<id {id}>"))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -117,13 +94,8 @@ impl TextTokenizer {
 
     /// Ids of the special tokens the tokenizer declares (never masked, never predicted).
     pub fn special_ids(&self) -> Vec<u32> {
-        let mut ids: Vec<u32> = self
-            .inner
-            .get_added_tokens_decoder()
-            .iter()
-            .filter(|(_, t)| t.special)
-            .map(|(&id, _)| id)
-            .collect();
+        let mut ids: Vec<u32> =
+            self.inner.get_added_tokens_decoder().iter().filter(|(_, t)| t.special).map(|(&id, _)| id).collect();
         let s = self.special;
         ids.extend([s.start, s.end, s.mask, s.pad].into_iter().chain(s.unk));
         ids.sort_unstable();
@@ -141,42 +113,26 @@ impl TextTokenizer {
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], max_len: usize) -> Result<EncodedBatch> {
         let mut tok = self.inner.clone();
         tok.with_padding(None);
-        tok.with_truncation(Some(TruncationParams {
-            max_length: max_len,
-            ..Default::default()
-        }))
-        .map_err(|e| anyhow!("cannot set truncation to {max_len} tokens: {e}"))?;
+        tok.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+            .map_err(|e| anyhow!("cannot set truncation to {max_len} tokens: {e}"))?;
         let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-        let encodings = tok
-            .encode_batch(inputs, true)
-            .map_err(|e| anyhow!("tokenizer {} failed: {e}", self.source.display()))?;
-        let len = encodings
-            .iter()
-            .map(|e| e.get_ids().len())
-            .max()
-            .unwrap_or(0);
+        let encodings =
+            tok.encode_batch(inputs, true).map_err(|e| anyhow!("tokenizer {} failed: {e}", self.source.display()))?;
+        let len = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
         let pad = |v: &[u32], with: u32| {
             let mut v = v.to_vec();
             v.resize(len, with);
             v
         };
         Ok(EncodedBatch {
-            input_ids: encodings
-                .iter()
-                .map(|e| pad(e.get_ids(), self.special.pad))
-                .collect(),
-            attention_mask: encodings
-                .iter()
-                .map(|e| pad(e.get_attention_mask(), 0))
-                .collect(),
+            input_ids: encodings.iter().map(|e| pad(e.get_ids(), self.special.pad)).collect(),
+            attention_mask: encodings.iter().map(|e| pad(e.get_attention_mask(), 0)).collect(),
             token_type_ids: encodings.iter().map(|e| pad(e.get_type_ids(), 0)).collect(),
         })
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| anyhow!("cannot decode ids: {e}"))
+        self.inner.decode(ids, skip_special).map_err(|e| anyhow!("cannot decode ids: {e}"))
     }
 }
 
@@ -189,46 +145,30 @@ fn wordpiece_from_vocab(dir: &Path) -> Result<Tokenizer> {
         .map_err(|e| anyhow!("cannot read {}: {e}", vocab_path.display()))?;
     let config_path = dir.join("tokenizer_config.json");
     let configured = if config_path.is_file() {
-        let text = std::fs::read_to_string(&config_path)
-            .with_context(|| format!("cannot read {}", config_path.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", config_path.display()))?;
+        let text =
+            std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", config_path.display()))?;
         json.get("do_lower_case").and_then(|v| v.as_bool())
     } else {
         None
     };
-    let lowercase = configured.unwrap_or_else(|| {
-        !vocab
-            .keys()
-            .any(|t| !t.starts_with('[') && t.chars().any(|c| c.is_uppercase()))
-    });
-    let id = |t: &str| {
-        vocab
-            .get(t)
-            .copied()
-            .with_context(|| format!("{} has no `{t}` token", vocab_path.display()))
-    };
+    let lowercase =
+        configured.unwrap_or_else(|| !vocab.keys().any(|t| !t.starts_with('[') && t.chars().any(|c| c.is_uppercase())));
+    let id = |t: &str| vocab.get(t).copied().with_context(|| format!("{} has no `{t}` token", vocab_path.display()));
     let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
-    let present: Vec<AddedToken> = BERT_SPECIALS
-        .iter()
-        .filter(|t| vocab.contains_key(**t))
-        .map(|t| AddedToken::from(*t, true))
-        .collect();
+    let present: Vec<AddedToken> =
+        BERT_SPECIALS.iter().filter(|t| vocab.contains_key(**t)).map(|t| AddedToken::from(*t, true)).collect();
     let model = WordPiece::builder()
         .vocab(vocab)
         .unk_token("[UNK]".into())
         .build()
         .map_err(|e| anyhow!("cannot build WordPiece from {}: {e}", vocab_path.display()))?;
     let mut tok = Tokenizer::new(model);
-    tok.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
-        .map_err(|e| anyhow!("{e}"))?;
+    tok.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase))).map_err(|e| anyhow!("{e}"))?;
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
-    tok.with_post_processor(Some(BertProcessing::new(
-        ("[SEP]".into(), sep),
-        ("[CLS]".into(), cls),
-    )));
+    tok.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
     tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-    tok.add_special_tokens(present)
-        .map_err(|e| anyhow!("cannot add special tokens: {e}"))?;
+    tok.add_special_tokens(present).map_err(|e| anyhow!("cannot add special tokens: {e}"))?;
     Ok(tok)
 }
