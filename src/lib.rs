@@ -2,8 +2,12 @@
 //!
 //! - [`model`]: BERT-family encoders that load and save Hugging Face checkpoints.
 //! - [`infer`]: what a trained encoder is used for (fill-mask, embeddings, raw outputs).
+//! - [`distill`]: the student built from the teacher, and the distillation losses.
+//! - [`train`]: optimiser, schedule and the training run.
 //! - [`rng`]: the seedable generator behind dropout and masking.
 
+pub mod distill;
 pub mod infer;
 pub mod model;
 pub mod rng;
+pub mod train;

@@ -1,0 +1,5 @@
+//! Distillation proper: the student built from the teacher, and the losses that train it.
+
+pub mod loss;
+pub mod student;
+pub mod vocab_loss;
