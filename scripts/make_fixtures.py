@@ -16,6 +16,9 @@ What it makes (all float32, all small; the whole folder stays under ~3 MB):
   tests/fixtures/antiberty/               AntiBERTy fill-mask on a heavy chain: fillmask.json (text,
                                           input_ids, masked positions, top-5 tokens and probabilities),
                                           expected.safetensors (logits, last_hidden_state)
+  tests/fixtures/distill/                 students copied by hand from four of the tiny teachers, batches
+                                          with MLM labels, distiller.py's loss and its gradients: written
+                                          by scripts/make_loss_fixtures.py (see there), called at the end
 
 How to run (from the repository root):
 
@@ -515,6 +518,9 @@ def make_all(out_root):
     ensure_assets()
     make_minilm(out_root)
     make_antiberty(out_root)
+    # students made by hand and the reference distillation loss, from the tiny models just written
+    from make_loss_fixtures import make_distill
+    make_distill(out_root)
 
 
 def digest(root):

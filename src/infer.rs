@@ -18,13 +18,16 @@ pub fn load_encoder(dir: &Path, device: &Device) -> Result<(Checkpoint, Encoder)
 }
 
 /// One batch as `distil forward` reads it: padded lists of lists.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchJson {
     pub input_ids: Vec<Vec<u32>>,
     pub attention_mask: Vec<Vec<u32>>,
     #[serde(default)]
     pub token_type_ids: Option<Vec<Vec<u32>>>,
+    /// MLM targets (−100 where none), for `distil loss`.
+    #[serde(default)]
+    pub labels: Option<Vec<Vec<i64>>>,
 }
 
 impl BatchJson {

@@ -9,8 +9,12 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 
+use distil::distill::check::batch_loss;
+use distil::distill::loss::LossConfig;
+use distil::distill::student::{init_student, spread_layers, StudentArch};
 use distil::infer::{self, BatchJson, Pooling};
-use distil::model::{checkpoint::write_atomic, Checkpoint, ParameterCounts, TextTokenizer};
+use distil::model::checkpoint::{self, write_atomic};
+use distil::model::{Checkpoint, ParameterCounts, TextTokenizer};
 
 #[derive(Parser)]
 #[command(name = "distil", version, about = "Small, fast transformer encoders by knowledge distillation")]
@@ -56,6 +60,36 @@ enum Command {
         #[arg(long, conflicts_with = "out")]
         similarities: bool,
     },
+    /// Build a student from a teacher: fewer layers, initialised from the teacher's.
+    #[command(subcommand)]
+    Student(StudentCommand),
+    /// Print the distillation loss of one batch for a teacher/student pair, as JSON: the
+    /// unweighted components `ce`, `mlm`, `cos`, `mse` and the weighted `total` (models in eval mode).
+    Loss {
+        #[arg(long)]
+        teacher: PathBuf,
+        #[arg(long)]
+        student: PathBuf,
+        /// JSON with `input_ids`, `attention_mask`, `labels` (−100 where no target), optionally `token_type_ids`.
+        #[arg(long)]
+        batch: PathBuf,
+        #[arg(long, default_value_t = 2.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 5.0)]
+        alpha_ce: f64,
+        #[arg(long, default_value_t = 2.0)]
+        alpha_mlm: f64,
+        #[arg(long, default_value_t = 1.0)]
+        alpha_cos: f64,
+        #[arg(long, default_value_t = 0.0)]
+        alpha_mse: f64,
+        /// Compute the KL term over the masked tokens only (default: all non-padding tokens).
+        #[arg(long)]
+        restrict_ce_to_mask: bool,
+        /// Also write the gradient of `total` for every student tensor, keyed as in its checkpoint file.
+        #[arg(long)]
+        grads_out: Option<PathBuf>,
+    },
     /// Run one padded batch through the model and save every output as safetensors
     /// (hidden_states.{i}, last_hidden_state, logits): for parity checks against other code.
     Forward {
@@ -64,6 +98,26 @@ enum Command {
         /// JSON with `input_ids`, `attention_mask` and optionally `token_type_ids`.
         #[arg(long)]
         input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StudentCommand {
+    /// Copy the teacher's embeddings, chosen layers and MLM head into a smaller checkpoint.
+    Init {
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Teacher layers to copy, in order, e.g. 0,2,4,7,9,11.
+        #[arg(long, value_delimiter = ',', conflicts_with = "num_layers")]
+        layers: Option<Vec<usize>>,
+        /// Number of layers, spread evenly with the first and the last kept (default: half the teacher's).
+        #[arg(long)]
+        num_layers: Option<usize>,
+        /// `same`: the teacher's family; `distilbert`: a DistilBERT checkpoint from a BERT teacher.
+        #[arg(long, value_enum, default_value_t = StudentArch::Same)]
+        arch: StudentArch,
         #[arg(long)]
         out: PathBuf,
     },
@@ -107,6 +161,49 @@ fn run(command: Command) -> Result<()> {
                 return Ok(());
             }
             write_embeddings(&vectors, out.as_deref())
+        }
+        Command::Student(StudentCommand::Init { teacher, layers, num_layers, arch, out }) => {
+            let teacher_ckpt = Checkpoint::load(&teacher, &device)?;
+            let n = teacher_ckpt.config.num_layers;
+            let layers = layers.unwrap_or_else(|| spread_layers(n, num_layers.unwrap_or(n.div_ceil(2))));
+            let init = init_student(&teacher_ckpt, &layers, arch)?;
+            checkpoint::save(&out, &init.config, &init.weights, Some(&teacher))?;
+            let (t, s) = (ParameterCounts::of(&teacher_ckpt.weights), ParameterCounts::of(&init.weights));
+            println!("student     {} ({} layers, {})", out.display(), layers.len(), init.config.family.model_type());
+            println!("layers      teacher {layers:?} -> student 0..{}", layers.len() - 1);
+            println!(
+                "parameters  {:.2}M (teacher {:.2}M, {:.0}%)",
+                s.total() as f64 / 1e6,
+                t.total() as f64 / 1e6,
+                100.0 * s.total() as f64 / t.total() as f64
+            );
+            for note in &init.left_out {
+                println!("left out    {note}");
+            }
+            Ok(())
+        }
+        Command::Loss {
+            teacher,
+            student,
+            batch,
+            temperature,
+            alpha_ce,
+            alpha_mlm,
+            alpha_cos,
+            alpha_mse,
+            restrict_ce_to_mask,
+            grads_out,
+        } => {
+            let cfg = LossConfig { temperature, alpha_ce, alpha_mlm, alpha_cos, alpha_mse, restrict_ce_to_mask };
+            let (teacher, student) = (Checkpoint::load(&teacher, &device)?, Checkpoint::load(&student, &device)?);
+            let batch = BatchJson::read(&batch)?;
+            let (values, grads) = batch_loss(&teacher, &student, &batch, &cfg, grads_out.is_some())?;
+            if let (Some(path), Some(grads)) = (grads_out, grads) {
+                let bytes = safetensors::serialize(grads.iter().map(|(k, v)| (k.clone(), v)), None)?;
+                write_atomic(&path, &bytes)?;
+            }
+            println!("{}", serde_json::to_string(&values)?);
+            Ok(())
         }
         Command::Forward { model, input, out } => {
             let (_, encoder) = infer::load_encoder(&model, &device)?;

@@ -67,8 +67,12 @@ fn antiberty_loads_strictly_and_fills_masks_like_transformers() {
     assert_eq!(tokenizer.encode(&text, 512).unwrap(), ids, "AntiBERTy tokenization");
 
     let expected = load_expected(&fixture("antiberty/expected.safetensors"));
-    let batch =
-        BatchJson { input_ids: vec![ids.clone()], attention_mask: vec![vec![1; ids.len()]], token_type_ids: None };
+    let batch = BatchJson {
+        input_ids: vec![ids.clone()],
+        attention_mask: vec![vec![1; ids.len()]],
+        token_type_ids: None,
+        labels: None,
+    };
     let ours = named_outputs(&encoder, &batch.to_input(&encoder, &device).unwrap()).unwrap();
     for key in ["last_hidden_state", "logits"] {
         let diff = max_abs_diff(&ours[key], &expected[key]);

@@ -101,6 +101,21 @@ pub fn hf_key(family: Family, canonical: &str) -> String {
     key
 }
 
+/// The keys `save` writes for a canonical name: with the family's base prefix when the model
+/// has a head (as `*ForMaskedLM` does), without when it has none (as `BertModel` does). An
+/// untied output bias is written under both of its names, as transformers writes it (its
+/// untied models read the decoder's own bias).
+pub fn saved_keys(config: &ModelConfig, canonical: &str, has_head: bool) -> Vec<String> {
+    let family = config.family;
+    let key = hf_key(family, canonical);
+    let key = if has_head && !is_head_key(family, &key) { format!("{}{key}", base_prefix(family)) } else { key };
+    let mut keys = vec![key.clone()];
+    if canonical == "head.bias" && !config.tie_word_embeddings {
+        keys.extend(aliases(family, &key));
+    }
+    keys
+}
+
 /// Other names under which the same tensor is stored by some writers.
 fn aliases(family: Family, key: &str) -> Vec<String> {
     match (family, key) {
@@ -320,7 +335,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// found in `tokenizer_from`.
 pub fn save(dir: &Path, config: &ModelConfig, weights: &Weights, tokenizer_from: Option<&Path>) -> Result<()> {
     let has_head = weights.contains_key("head.bias");
-    let family = config.family;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tensors: BTreeMap<String, Tensor> = BTreeMap::new();
     for (name, shape) in parameter_shapes(config, has_head) {
@@ -328,9 +342,9 @@ pub fn save(dir: &Path, config: &ModelConfig, weights: &Weights, tokenizer_from:
         if tensor.dims() != shape.as_slice() {
             bail!("cannot save: tensor `{name}` has shape {:?}, the config says {:?}", tensor.dims(), shape);
         }
-        let key = hf_key(family, &name);
-        let key = if has_head && !is_head_key(family, &key) { format!("{}{key}", base_prefix(family)) } else { key };
-        tensors.insert(key, tensor.to_device(&Device::Cpu)?.contiguous()?);
+        for key in saved_keys(config, &name, has_head) {
+            tensors.insert(key, tensor.to_device(&Device::Cpu)?.contiguous()?);
+        }
     }
     let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.clone(), v)), Some(metadata))
