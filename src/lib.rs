@@ -1,11 +1,13 @@
 //! distil: small, fast transformer encoders by knowledge distillation.
 //!
 //! - [`model`]: BERT-family encoders that load and save Hugging Face checkpoints.
+//! - [`corpus`]: tokenised corpora on disk, length-grouped batches, dynamic masking.
 //! - [`infer`]: what a trained encoder is used for (fill-mask, embeddings, raw outputs).
 //! - [`distill`]: the student built from the teacher, and the distillation losses.
 //! - [`train`]: optimiser, schedule and the training run.
 //! - [`rng`]: the seedable generator behind dropout and masking.
 
+pub mod corpus;
 pub mod distill;
 pub mod infer;
 pub mod model;

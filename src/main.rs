@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 
+use distil::corpus::cli::CorpusCommand;
 use distil::distill::check::batch_loss;
 use distil::distill::loss::LossConfig;
 use distil::distill::student::{init_student, spread_layers, StudentArch};
@@ -63,6 +64,9 @@ enum Command {
     /// Build a student from a teacher: fewer layers, initialised from the teacher's.
     #[command(subcommand)]
     Student(StudentCommand),
+    /// Tokenised corpora: build one from text, describe it, sample it (with masking).
+    #[command(subcommand)]
+    Corpus(CorpusCommand),
     /// Print the distillation loss of one batch for a teacher/student pair, as JSON: the
     /// unweighted components `ce`, `mlm`, `cos`, `mse` and the weighted `total` (models in eval mode).
     Loss {
@@ -162,6 +166,7 @@ fn run(command: Command) -> Result<()> {
             }
             write_embeddings(&vectors, out.as_deref())
         }
+        Command::Corpus(command) => distil::corpus::cli::run(command),
         Command::Student(StudentCommand::Init { teacher, layers, num_layers, arch, out }) => {
             let teacher_ckpt = Checkpoint::load(&teacher, &device)?;
             let n = teacher_ckpt.config.num_layers;

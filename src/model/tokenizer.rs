@@ -134,6 +134,39 @@ impl TextTokenizer {
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(|e| anyhow!("cannot decode ids: {e}"))
     }
+
+    /// Token ids of each text without the start and end tokens, neither truncated nor padded:
+    /// corpus building cuts long texts into pieces of the model's length and wraps each itself.
+    /// Texts are encoded in parallel on the current rayon pool.
+    pub fn encode_unwrapped<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+        let tok = self.untruncated()?;
+        let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
+        let encodings =
+            tok.encode_batch(inputs, false).map_err(|e| anyhow!("tokenizer {} failed: {e}", self.source.display()))?;
+        Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// `sha256:<hex>` of everything that decides which ids a text becomes (vocabulary,
+    /// normaliser, pre-tokeniser, model, added tokens, post-processor), so that a corpus can
+    /// refuse a model whose tokenizer differs. Padding and truncation are left out: distil sets
+    /// them per call.
+    pub fn fingerprint(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let json = self
+            .untruncated()?
+            .to_string(false)
+            .map_err(|e| anyhow!("cannot serialise tokenizer {}: {e}", self.source.display()))?;
+        let digest = Sha256::digest(json.as_bytes());
+        Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+    }
+
+    /// The tokenizer without the padding and truncation a `tokenizer.json` may carry.
+    fn untruncated(&self) -> Result<Tokenizer> {
+        let mut tok = self.inner.clone();
+        tok.with_padding(None);
+        tok.with_truncation(None).map_err(|e| anyhow!("cannot turn truncation off: {e}"))?;
+        Ok(tok)
+    }
 }
 
 /// A BERT tokenizer from `vocab.txt`. Lower-casing follows `do_lower_case` in
