@@ -92,7 +92,7 @@ impl BuildReport {
         let secs = self.seconds.max(1e-9);
         format!(
             "built corpus {}: {} train sequences ({} tokens), {} held out; dropped {} too short, {} mostly unknown; \
-             {:.1} MB of text in {:.1} s ({:.2} MB/s, {:.0} tokens/s)",
+             {:.1} MB of text ({} tokens) in {:.1} s ({:.2} MB/s, {:.0} tokens/s)",
             out.display(),
             m.train.sequences,
             m.train.tokens,
@@ -100,6 +100,7 @@ impl BuildReport {
             m.dropped.too_short,
             m.dropped.too_many_unknown,
             m.input.bytes as f64 / 1e6,
+            self.tokens_encoded,
             self.seconds,
             m.input.bytes as f64 / 1e6 / secs,
             self.tokens_encoded as f64 / secs
