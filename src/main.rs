@@ -4,6 +4,8 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -16,6 +18,8 @@ use distil::distill::student::{init_student, spread_layers, StudentArch};
 use distil::infer::{self, BatchJson, Pooling};
 use distil::model::checkpoint::{self, write_atomic};
 use distil::model::{Checkpoint, ParameterCounts, TextTokenizer};
+use distil::train::config::RunConfig;
+use distil::train::run::{train, TrainOptions};
 
 #[derive(Parser)]
 #[command(name = "distil", version, about = "Small, fast transformer encoders by knowledge distillation")]
@@ -93,6 +97,22 @@ enum Command {
         /// Also write the gradient of `total` for every student tensor, keyed as in its checkpoint file.
         #[arg(long)]
         grads_out: Option<PathBuf>,
+    },
+    /// Distil a student from a teacher (or pretrain a model with MLM alone when the config names
+    /// no teacher) into a run folder; resumable.
+    Train {
+        /// Run config (TOML). With --resume, optional: the run folder's own run.toml is used.
+        #[arg(long, required_unless_present = "resume")]
+        config: Option<PathBuf>,
+        /// Override a config value, e.g. --set loss.temperature=3 --set run.steps=500.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Continue a stopped run from the newest checkpoint in RUN_DIR.
+        #[arg(long, value_name = "RUN_DIR")]
+        resume: Option<PathBuf>,
+        /// Stop after this step with a checkpoint, as Ctrl-C would.
+        #[arg(long)]
+        stop_after: Option<u64>,
     },
     /// Run one padded batch through the model and save every output as safetensors
     /// (hidden_states.{i}, last_hidden_state, logits): for parity checks against other code.
@@ -174,7 +194,12 @@ fn run(command: Command) -> Result<()> {
             let init = init_student(&teacher_ckpt, &layers, arch)?;
             checkpoint::save(&out, &init.config, &init.weights, Some(&teacher))?;
             let (t, s) = (ParameterCounts::of(&teacher_ckpt.weights), ParameterCounts::of(&init.weights));
-            println!("student     {} ({} layers, {})", out.display(), layers.len(), init.config.family.model_type());
+            println!(
+                "student     {} ({}, {} of the teacher's {n} layers)",
+                out.display(),
+                init.config.family.model_type(),
+                layers.len()
+            );
             println!("layers      teacher {layers:?} -> student 0..{}", layers.len() - 1);
             println!(
                 "parameters  {:.2}M (teacher {:.2}M, {:.0}%)",
@@ -208,6 +233,36 @@ fn run(command: Command) -> Result<()> {
                 write_atomic(&path, &bytes)?;
             }
             println!("{}", serde_json::to_string(&values)?);
+            Ok(())
+        }
+        Command::Train { config, overrides, resume, stop_after } => {
+            let config = match (&config, &resume) {
+                (Some(path), _) => RunConfig::load(path, &overrides)?,
+                (None, Some(dir)) => RunConfig::load(&dir.join("run.toml"), &overrides)?,
+                (None, None) => bail!("give --config RUN.toml, or --resume RUN_DIR"),
+            };
+            if let Some(dir) = &resume {
+                if dir != &config.out {
+                    bail!("--resume {} but the config's run folder is {}", dir.display(), config.out.display());
+                }
+            }
+            let interrupt = Arc::new(AtomicBool::new(false));
+            let flag = interrupt.clone();
+            ctrlc::set_handler(move || {
+                eprintln!("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to abort)");
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+            })?;
+            let options = TrainOptions { resume: resume.is_some(), stop_after, interrupt: Some(interrupt) };
+            let outcome = train(&config, &options)?;
+            match &outcome.exported {
+                Some(dir) => println!("finished {} steps; student saved to {}", outcome.step, dir.display()),
+                None => println!("stopped after step {} of {}", outcome.step, outcome.total_steps),
+            }
+            if let Some(e) = outcome.last_eval {
+                println!("held-out MLM loss {:.4}, accuracy {:.2}%", e.mlm_loss, 100.0 * e.mlm_accuracy);
+            }
             Ok(())
         }
         Command::Forward { model, input, out } => {

@@ -51,14 +51,13 @@ pub fn stats(dir: &Path) -> Result<String> {
         s.heldout,
         s.seed
     )?;
+    let documents = if s.documents { format!(" in {} documents", m.input.units) } else { String::new() };
     writeln!(
         w,
-        "input       {} files, {:.2} MB of text, {} lines, {} {} ({} lines not UTF-8, skipped)",
+        "input       {} files, {:.2} MB of text, {} lines{documents} ({} lines not UTF-8, skipped)",
         m.input.files,
         m.input.bytes as f64 / 1e6,
         m.input.lines,
-        m.input.units,
-        if s.documents { "documents" } else { "units" },
         m.input.invalid_utf8_lines
     )?;
     for (name, info) in [("train", &m.train), ("held out", &m.heldout)] {
@@ -78,15 +77,15 @@ pub fn stats(dir: &Path) -> Result<String> {
         m.dropped.too_short, s.min_len, m.dropped.too_many_unknown, s.max_unk, m.split_long
     )?;
 
-    let lengths = corpus.lengths();
-    let step = s.max_len.div_ceil(HISTOGRAM_BINS).max(1);
-    let mut bins = vec![0u64; s.max_len / step + 1];
-    lengths.iter().for_each(|&l| bins[l as usize / step] += 1);
+    // Bins (b·step, (b+1)·step], so that the last one ends at the maximum length.
+    let step = s.max_len.div_ceil(HISTOGRAM_BINS);
+    let mut bins = vec![0u64; HISTOGRAM_BINS];
+    corpus.lengths().iter().for_each(|&l| bins[(l as usize - 1) / step] += 1);
     let most = *bins.iter().max().unwrap_or(&1);
     writeln!(w, "lengths     (train, tokens per sequence)")?;
     for (b, &n) in bins.iter().enumerate().filter(|(_, &n)| n > 0) {
         let bar = "#".repeat((n * 40).div_ceil(most) as usize);
-        writeln!(w, "  {:>5}-{:<5} {n:>10} {bar}", b * step, (b + 1) * step - 1)?;
+        writeln!(w, "  {:>5}-{:<5} {n:>10} {bar}", b * step + 1, (b + 1) * step)?;
     }
 
     let counts = corpus.token_counts();

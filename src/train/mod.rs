@@ -1,4 +1,9 @@
-//! Training machinery: optimiser, learning-rate schedule, and the run loop around them.
+//! Training machinery: the run config, optimiser, learning-rate schedule, metrics, run
+//! checkpoints, and the run loop that ties them together.
 
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
 pub mod optim;
+pub mod run;
 pub mod schedule;

@@ -1,0 +1,405 @@
+//! The training run: distillation from a teacher, or MLM pretraining when the config names
+//! none. `train` reads top to bottom: set up, then one optimiser step after another, with
+//! logging, evaluation and checkpoints at their intervals.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::checkpoint::{self as run_checkpoint, RunState};
+use super::config::RunConfig;
+use super::metrics::{EvalRecord, MetricsLog, Record, StepRecord};
+use super::optim::{clip_grad_norm, AdamW, Gradients};
+use super::schedule::LinearSchedule;
+use crate::corpus::batches::{pad, BatchSize, Batcher};
+use crate::corpus::masking::{MaskedBatch, Masker};
+use crate::corpus::shards::{Corpus, Split};
+use crate::distill::loss::{distillation_loss, mlm_loss, LossConfig, LossParts, LossValues, Rows};
+use crate::distill::student::check_pair;
+use crate::model::encoder::init_weights;
+use crate::model::{checkpoint, Checkpoint, Encoder, EncoderInput, ModelConfig, TextTokenizer, Weights};
+use crate::rng::Rng;
+
+/// How this invocation runs, beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue the run in `config.out` from its newest checkpoint.
+    pub resume: bool,
+    /// Stop (with a checkpoint) after this step, as an interruption would.
+    pub stop_after: Option<u64>,
+    /// Set by a Ctrl-C handler: checkpoint and stop at the end of the current step.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// Where a run ended.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub step: u64,
+    pub total_steps: u64,
+    /// The exported student (a plain Hugging Face checkpoint), once the run is complete.
+    pub exported: Option<PathBuf>,
+    pub last_eval: Option<EvalRecord>,
+}
+
+/// The student's weights as variables, and the model built over them.
+struct Student {
+    config: ModelConfig,
+    vars: BTreeMap<String, Var>,
+    model: Encoder,
+}
+
+impl Student {
+    fn new(config: ModelConfig, weights: &Weights) -> Result<Self> {
+        let vars: BTreeMap<String, Var> =
+            weights.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<Result<_>>()?;
+        let model = Encoder::new(&config, &vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())?;
+        Ok(Student { config, vars, model })
+    }
+
+    fn weights(&self) -> Weights {
+        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+    }
+
+    fn set_weights(&self, weights: &Weights) -> Result<()> {
+        for (name, var) in &self.vars {
+            let t = weights.get(name).with_context(|| format!("the checkpoint has no tensor `{name}`"))?;
+            var.set(t).with_context(|| format!("tensor `{name}` of the checkpoint does not fit the student"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the student: a checkpoint, or a config alone (pretraining from scratch).
+fn load_student(dir: &Path, seed: u64, device: &Device) -> Result<(ModelConfig, Weights)> {
+    let config = ModelConfig::from_dir(dir)?;
+    let has_weights = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+        .iter()
+        .any(|f| dir.join(f).is_file());
+    if has_weights {
+        let ckpt = Checkpoint::load(dir, device)?;
+        if !ckpt.has_head {
+            bail!(
+                "the student {} has no MLM head; initialise it from a teacher with `distil student init`",
+                dir.display()
+            );
+        }
+        return Ok((ckpt.config, ckpt.weights));
+    }
+    let std = config.raw.get("initializer_range").and_then(|v| v.as_f64()).unwrap_or(0.02);
+    let weights = init_weights(&config, true, std, &mut Rng::new(seed), device)?;
+    Ok((config, weights))
+}
+
+/// The batch's model inputs and the rows the losses read.
+fn model_input(config: &ModelConfig, batch: &MaskedBatch, device: &Device) -> Result<EncoderInput> {
+    EncoderInput::from_rows(config, &batch.input_ids, &batch.attention_mask, None, device)
+}
+
+/// The loss of one masked batch: distillation with a teacher, MLM alone without.
+fn batch_loss(
+    loss: &LossConfig,
+    student: &Student,
+    teacher: Option<&Encoder>,
+    batch: &MaskedBatch,
+    dropout: Option<&mut Rng>,
+    device: &Device,
+) -> Result<LossParts> {
+    let s_input = model_input(&student.config, batch, device)?;
+    let s_last = student.model.forward(&s_input, dropout)?.pop().unwrap();
+    match teacher {
+        Some(teacher) => {
+            let t_input = model_input(&teacher.cfg, batch, device)?;
+            let t_last = teacher.forward(&t_input, None)?.pop().unwrap().detach();
+            let rows = Rows::new(&batch.attention_mask, &batch.labels, loss.restrict_ce_to_mask)?;
+            distillation_loss(loss, &student.model, &s_last, teacher, &t_last, &rows)
+        }
+        None => mlm_loss(&student.model, &s_last, &batch.attention_mask, &batch.labels),
+    }
+}
+
+fn real_tokens(batch: &MaskedBatch) -> usize {
+    batch.attention_mask.iter().flatten().filter(|&&m| m == 1).count()
+}
+
+/// Held-out metrics on a fixed set of batches with fixed masks, so that evaluations at
+/// different steps compare the same thing.
+fn evaluate(
+    step: u64,
+    student: &Student,
+    teacher: Option<&Encoder>,
+    batches: &[MaskedBatch],
+    device: &Device,
+) -> Result<EvalRecord> {
+    let at_t1 = LossConfig { temperature: 1.0, ..LossConfig::default() };
+    let (mut mlm, mut kl, mut cos, mut weight) = (0.0, 0.0, 0.0, 0.0);
+    let (mut correct, mut targets) = (0usize, 0usize);
+    for batch in batches {
+        let parts = batch_loss(&at_t1, student, teacher, batch, None, device)?.values()?;
+        let rows = Rows::new(&batch.attention_mask, &batch.labels, true)?;
+        if rows.num_targets == 0 {
+            continue;
+        }
+        let n = rows.num_targets as f64;
+        mlm += parts.mlm * n;
+        kl += parts.ce * n;
+        cos += (1.0 - parts.cos) * n;
+        weight += n;
+        let input = model_input(&student.config, batch, device)?;
+        let last = student.model.forward(&input, None)?.pop().unwrap();
+        let (b, s, h) = last.dims3()?;
+        let selected = last.reshape((b * s, h))?.index_select(&Tensor::new(rows.selected.as_slice(), device)?, 0)?;
+        let predicted: Vec<u32> = student.model.logits(&selected)?.argmax(1)?.to_vec1()?;
+        correct += predicted.iter().zip(&rows.targets).filter(|(&p, &t)| p as i64 == t).count();
+        targets += rows.num_targets;
+    }
+    let mean = |x: f64| if weight > 0.0 { x / weight } else { f64::NAN };
+    Ok(EvalRecord {
+        step,
+        mlm_loss: mean(mlm),
+        mlm_accuracy: if targets > 0 { correct as f64 / targets as f64 } else { f64::NAN },
+        kl: teacher.map(|_| mean(kl)),
+        cosine: teacher.map(|_| mean(cos)),
+    })
+}
+
+fn add_gradients(sum: &mut Gradients, vars: &BTreeMap<String, Var>, loss: &Tensor) -> Result<()> {
+    let store = loss.backward()?;
+    for (name, var) in vars {
+        if let Some(g) = store.get(var) {
+            let total = match sum.remove(name) {
+                Some(s) => (s + g)?,
+                None => g.clone(),
+            };
+            sum.insert(name.clone(), total);
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(total: u64, start: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} {wide_msg} [{elapsed_precise} < {eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+    bar
+}
+
+/// Runs (or resumes) a training run to its end, or to `stop_after` / an interruption.
+pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
+    let device = Device::Cpu;
+    let out = &config.out;
+    let seed = config.run.seed;
+
+    // Refuse what cannot work before any work starts.
+    let run_toml = out.join("run.toml");
+    if options.resume {
+        let saved =
+            RunConfig::load(&run_toml, &[]).with_context(|| format!("{} is not a distil run folder", out.display()))?;
+        if &saved != config {
+            bail!(
+                "{} was made by another config; resume it with its own run.toml, or start a new run folder",
+                out.display()
+            );
+        }
+    } else if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        bail!("run folder {} already exists; continue it with --resume, or choose another `out`", out.display());
+    }
+    let teacher = match &config.teacher {
+        Some(dir) => {
+            let ckpt = Checkpoint::load(dir, &device)?;
+            if !ckpt.has_head {
+                bail!("the teacher {} has no MLM head; give it one with `distil teacher fit-head`", dir.display());
+            }
+            Some(Encoder::new(&ckpt.config, &ckpt.weights)?)
+        }
+        None => None,
+    };
+    let (student_config, initial) = load_student(&config.student, seed, &device)?;
+    if let Some(t) = &teacher {
+        check_pair(&t.cfg, &student_config)?;
+    }
+    let tokenizer = TextTokenizer::load(&config.student)?;
+    let corpus = Corpus::open(&config.corpus, Split::Train)?;
+    corpus.check_tokenizer(&tokenizer)?;
+    let heldout = Corpus::open(&config.corpus, Split::Heldout)?;
+    let max_len = corpus.manifest().settings.max_len;
+    if max_len > student_config.max_sequence_length() {
+        bail!(
+            "the corpus holds sequences of up to {max_len} tokens, the student takes at most {}",
+            student_config.max_sequence_length()
+        );
+    }
+
+    let student = Student::new(student_config, &initial)?;
+    let batch_size = if config.batch.tokens > 0 {
+        BatchSize::Tokens(config.batch.tokens)
+    } else {
+        BatchSize::Sequences(config.batch.sequences)
+    };
+    let mut batcher = Batcher::new(&corpus, batch_size, seed, 0, 1)?;
+    let masker = Masker::new(
+        &corpus.token_counts(),
+        &tokenizer.special_ids(),
+        student.config.vocab_size,
+        tokenizer.special.mask,
+        config.masking.clone(),
+    )?;
+    let total_steps = if config.run.steps > 0 {
+        config.run.steps
+    } else {
+        (config.run.epochs * batcher.batches_per_epoch() as u64).div_ceil(config.batch.accumulation as u64)
+    };
+    let schedule = LinearSchedule::new(config.optim.adamw.lr, config.optim.warmup, total_steps);
+    let mut optimizer = AdamW::new(student.vars.clone(), config.optim.adamw.clone())?;
+    let eval_batches = fixed_eval_batches(&heldout, &masker, config, seed)?;
+
+    let mut state = RunState {
+        step: 0,
+        optimizer_steps: 0,
+        dropout_rng: Rng::new(seed ^ 0xD509),
+        mask_rng: Rng::new(seed ^ 0x3A5C),
+        cursor: batcher.cursor(),
+        skipped: 0,
+        consecutive_skipped: 0,
+    };
+    if options.resume {
+        let restored = run_checkpoint::load_latest(out, &device)?;
+        student.set_weights(&restored.weights)?;
+        optimizer.load_state(&restored.optimizer_file, restored.state.optimizer_steps, &device)?;
+        batcher.restore(&restored.state.cursor)?;
+        state = restored.state;
+        eprintln!("resuming {} from step {} ({})", out.display(), state.step, restored.dir.display());
+    } else {
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
+        checkpoint::write_atomic(&run_toml, config.to_toml()?.as_bytes())?;
+    }
+    let mut metrics = MetricsLog::open(out, state.step)?;
+    let bar = progress_bar(total_steps, state.step);
+    let mut last_eval = None;
+
+    while state.step < total_steps {
+        let step = state.step + 1;
+        let started = Instant::now();
+        let mut grads = Gradients::new();
+        let mut sum = LossValues::default();
+        let mut tokens = 0usize;
+        let mut finite = true;
+        for _ in 0..config.batch.accumulation {
+            let indices = batcher.next_batch();
+            let padded = pad(&indices.iter().map(|&i| corpus.sequence(i)).collect::<Vec<_>>(), tokenizer.special.pad);
+            let batch = masker.mask(&padded, &mut state.mask_rng);
+            tokens += real_tokens(&batch);
+            let parts =
+                batch_loss(&config.loss, &student, teacher.as_ref(), &batch, Some(&mut state.dropout_rng), &device)?;
+            let values = parts.values()?;
+            if !values.total.is_finite() {
+                finite = false;
+                break;
+            }
+            // Micro-batches are averaged, as one large batch would be.
+            add_gradients(&mut grads, &student.vars, &(parts.total / config.batch.accumulation as f64)?)?;
+            accumulate(&mut sum, &values, config.batch.accumulation);
+        }
+        let grad_norm = if finite { clip_grad_norm(&mut grads, config.optim.clip_grad_norm)? } else { f64::NAN };
+        let lr = schedule.lr(step);
+        state.cursor = batcher.cursor();
+        state.step = step;
+        if finite && grad_norm.is_finite() {
+            optimizer.step(&grads, lr)?;
+            state.optimizer_steps = optimizer.step;
+            state.consecutive_skipped = 0;
+        } else {
+            state.skipped += 1;
+            state.consecutive_skipped += 1;
+            bar.println(format!(
+                "step {step}: non-finite loss or gradient, step skipped ({} in a row)",
+                state.consecutive_skipped
+            ));
+            if state.consecutive_skipped >= config.run.max_bad_steps {
+                let last = run_checkpoint::list(out)?.pop();
+                bail!(
+                    "stopped at step {step}: {} non-finite losses in a row (lower optim.lr?); the last good checkpoint is {}",
+                    state.consecutive_skipped,
+                    last.map_or("none (no checkpoint was written yet)".into(), |p| p.display().to_string())
+                );
+            }
+        }
+        drop(grads);
+
+        let tokens_per_s = tokens as f64 / started.elapsed().as_secs_f64();
+        bar.set_position(step);
+        bar.set_message(format!(
+            "loss {:.4} (ce {:.3} mlm {:.3} cos {:.3}) lr {lr:.2e} {tokens_per_s:.0} tok/s",
+            sum.total, sum.ce, sum.mlm, sum.cos
+        ));
+        if step.is_multiple_of(config.run.log_every.max(1)) || step == total_steps {
+            let epoch = state.cursor.epoch;
+            let record = StepRecord { step, epoch, loss: sum, lr, grad_norm, tokens_per_s, skipped: state.skipped };
+            metrics.write(&Record::Step(record))?;
+        }
+        let at = |every: u64| every > 0 && step.is_multiple_of(every);
+        if (at(config.run.eval_every) || step == total_steps) && !eval_batches.is_empty() {
+            let eval = evaluate(step, &student, teacher.as_ref(), &eval_batches, &device)?;
+            metrics.write(&Record::Eval { eval })?;
+            last_eval = Some(eval);
+        }
+        let interrupted = options.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        let stopping = interrupted || options.stop_after == Some(step);
+        if at(config.run.checkpoint_every) || step == total_steps || stopping {
+            let dir = run_checkpoint::save(
+                out,
+                &state,
+                &student.weights(),
+                &optimizer.state_tensors(),
+                config.run.keep_checkpoints,
+            )?;
+            if stopping {
+                bar.abandon_with_message(format!(
+                    "stopped after step {step}; resume with --resume ({})",
+                    dir.display()
+                ));
+                return Ok(RunOutcome { step, total_steps, exported: None, last_eval });
+            }
+        }
+    }
+    bar.finish();
+
+    let exported = out.join("student");
+    checkpoint::save(&exported, &student.config, &student.weights(), Some(&config.student))?;
+    Ok(RunOutcome { step: state.step, total_steps, exported: Some(exported), last_eval })
+}
+
+fn accumulate(sum: &mut LossValues, v: &LossValues, parts: usize) {
+    let w = 1.0 / parts as f64;
+    sum.ce += v.ce * w;
+    sum.mlm += v.mlm * w;
+    sum.cos += v.cos * w;
+    sum.mse += v.mse * w;
+    sum.total += v.total * w;
+}
+
+/// The held-out batches of every evaluation, masked once with a fixed seed.
+fn fixed_eval_batches(heldout: &Corpus, masker: &Masker, config: &RunConfig, seed: u64) -> Result<Vec<MaskedBatch>> {
+    if heldout.is_empty() || config.run.eval_batches == 0 {
+        return Ok(Vec::new());
+    }
+    let size = BatchSize::Sequences(config.batch.sequences.max(1));
+    let mut batcher = Batcher::new(heldout, size, seed ^ 0xE7A1, 0, 1)?;
+    let mut rng = Rng::new(seed ^ 0xE7A2);
+    let n = config.run.eval_batches.min(batcher.batches_per_epoch());
+    let pad_id = heldout.manifest().special.pad;
+    Ok((0..n)
+        .map(|_| {
+            let seqs: Vec<Vec<u32>> = batcher.next_batch().iter().map(|&i| heldout.sequence(i)).collect();
+            masker.mask(&pad(&seqs, pad_id), &mut rng)
+        })
+        .collect())
+}

@@ -1,0 +1,241 @@
+//! Training runs on real text: pretraining a small teacher with MLM alone, distilling a
+//! student from it, and a stopped-and-resumed run ending exactly where an unbroken run ends.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use common::{asset, distil_bin, fixture};
+use distil::corpus::build::{build, BuildOptions};
+use distil::distill::student::{init_student, StudentArch};
+use distil::model::encoder::init_weights;
+use distil::model::{checkpoint, Checkpoint, ModelConfig};
+use distil::rng::Rng;
+use distil::train::config::RunConfig;
+use distil::train::metrics::{MetricsLog, Record, StepRecord};
+use distil::train::run::{train, TrainOptions};
+
+/// A corpus of the committed real-text sample, tokenised with all-MiniLM-L6-v2's tokenizer.
+fn build_corpus(root: &Path) -> PathBuf {
+    let out = root.join("corpus");
+    let mut options = BuildOptions::new(asset("all-MiniLM-L6-v2"), vec![fixture("text/sample.txt")], out.clone());
+    options.max_len = Some(64);
+    options.heldout = 0.1;
+    build(&options).unwrap();
+    out
+}
+
+/// A tiny BERT over MiniLM's vocabulary: only its config and tokenizer, to pretrain from scratch.
+fn tiny_config(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = serde_json::json!({
+        "model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64,
+        "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.05
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    checkpoint::copy_tokenizer_files(&asset("all-MiniLM-L6-v2"), dir).unwrap();
+    dir.to_path_buf()
+}
+
+fn run_config(teacher: Option<&Path>, student: &Path, corpus: &Path, out: &Path, steps: u64, lr: f64) -> RunConfig {
+    let mut table: toml::Table = toml::from_str(&format!(
+        "student = {student:?}\ncorpus = {corpus:?}\nout = {out:?}\n[run]\nsteps = {steps}\nlog_every = 1\neval_every = 0\neval_batches = 4\ncheckpoint_every = 0\n[batch]\nsequences = 8\n[optim]\nlr = {lr}\nwarmup = 0.1\n"
+    ))
+    .unwrap();
+    if let Some(t) = teacher {
+        table.insert("teacher".into(), toml::Value::String(t.display().to_string()));
+    }
+    RunConfig::from_table(table).unwrap()
+}
+
+fn steps(run: &Path) -> Vec<StepRecord> {
+    MetricsLog::read(run)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Step(s) => Some(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = xs.collect();
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn pretrain_a_teacher_then_distil_a_student_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let corpus = build_corpus(root);
+    let device = Device::Cpu;
+
+    // Pretraining: MLM loss alone, from random weights; the loss falls.
+    let mut pretrain = run_config(None, &tiny_config(&root.join("tiny")), &corpus, &root.join("pretrain"), 80, 1e-2);
+    pretrain.batch.sequences = 16;
+    let outcome = train(&pretrain, &TrainOptions::default()).unwrap();
+    let teacher_dir = outcome.exported.expect("a finished run exports the model");
+    let log = steps(&root.join("pretrain"));
+    assert_eq!(log.len(), 80);
+    let (early, late) = (mean(log[..10].iter().map(|s| s.loss.mlm)), mean(log[70..].iter().map(|s| s.loss.mlm)));
+    assert!(late < early - 0.5, "pretraining MLM loss did not fall: {early:.3} -> {late:.3}");
+    assert!(log.iter().all(|s| s.loss.ce == 0.0 && s.loss.cos == 0.0), "pretraining has no teacher terms");
+    let teacher = Checkpoint::load(&teacher_dir, &device).unwrap();
+    assert!(teacher.has_head);
+
+    // Students: one initialised from teacher layer 1, one at random with the same config.
+    let init = init_student(&teacher, &[1], StudentArch::Same).unwrap();
+    let from_teacher = root.join("student-init");
+    checkpoint::save(&from_teacher, &init.config, &init.weights, Some(&teacher_dir)).unwrap();
+    let random = root.join("student-random");
+    let weights = init_weights(&init.config, true, 0.05, &mut Rng::new(9), &device).unwrap();
+    checkpoint::save(&random, &init.config, &weights, Some(&teacher_dir)).unwrap();
+
+    let distil = |student: &Path, name: &str| {
+        let cfg = run_config(Some(&teacher_dir), student, &corpus, &root.join(name), 30, 1e-3);
+        train(&cfg, &TrainOptions::default()).unwrap();
+        steps(&root.join(name))
+    };
+    let informed = distil(&from_teacher, "distil-init");
+    let blind = distil(&random, "distil-random");
+    assert!(
+        informed[0].loss.ce * 3.0 < blind[0].loss.ce,
+        "a teacher-initialised student should start far closer to the teacher: KL term {} vs {} at random",
+        informed[0].loss.ce,
+        blind[0].loss.ce
+    );
+    // From random weights the student has everything to learn: its loss must fall.
+    let (first, last) = (mean(blind[..5].iter().map(|s| s.loss.total)), mean(blind[25..].iter().map(|s| s.loss.total)));
+    assert!(last < first - 0.5, "distillation loss did not fall: {first:.4} -> {last:.4}");
+    let (first, last) = (mean(blind[..5].iter().map(|s| s.loss.ce)), mean(blind[25..].iter().map(|s| s.loss.ce)));
+    assert!(last < first, "the KL to the teacher did not fall: {first:.4} -> {last:.4}");
+    for s in &informed {
+        assert!(s.loss.total.is_finite() && s.grad_norm.is_finite() && s.lr > 0.0, "{s:?}");
+    }
+    // The exported student is a plain checkpoint that loads strictly, with its tokenizer.
+    let exported = Checkpoint::load(&root.join("distil-init/student"), &device).unwrap();
+    assert_eq!(exported.config.num_layers, 1);
+    assert!(root.join("distil-init/student/tokenizer.json").is_file());
+    assert!(root.join("distil-init/run.toml").is_file());
+}
+
+#[test]
+fn a_stopped_and_resumed_run_equals_an_unbroken_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let corpus = build_corpus(root);
+    let device = Device::Cpu;
+    // A small teacher with a head (random weights are enough for exactness) and a student
+    // with dropout on, so that the generators' state matters too.
+    let config_dir = tiny_config(&root.join("teacher"));
+    let mut config = ModelConfig::from_dir(&config_dir).unwrap();
+    config.hidden_dropout = 0.1;
+    config.attention_dropout = 0.1;
+    let weights = init_weights(&config, true, 0.05, &mut Rng::new(1), &device).unwrap();
+    checkpoint::save(&config_dir, &config, &weights, None).unwrap();
+    let teacher = Checkpoint::load(&config_dir, &device).unwrap();
+    let init = init_student(&teacher, &[0], StudentArch::Same).unwrap();
+    let student = root.join("student");
+    checkpoint::save(&student, &init.config, &init.weights, Some(&config_dir)).unwrap();
+
+    let unbroken = run_config(Some(&config_dir), &student, &corpus, &root.join("unbroken"), 8, 1e-3);
+    train(&unbroken, &TrainOptions::default()).unwrap();
+    let broken = run_config(Some(&config_dir), &student, &corpus, &root.join("broken"), 8, 1e-3);
+    let stopped = train(&broken, &TrainOptions { stop_after: Some(4), ..Default::default() }).unwrap();
+    assert_eq!(stopped.step, 4);
+    assert!(stopped.exported.is_none());
+    train(&broken, &TrainOptions { resume: true, ..Default::default() }).unwrap();
+
+    let (a, b) = (steps(&root.join("unbroken")), steps(&root.join("broken")));
+    assert_eq!(a.len(), 8);
+    assert_eq!(b.len(), 8, "the resumed run's metrics hold each step once");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((x.step, x.epoch, x.loss, x.lr, x.grad_norm), (y.step, y.epoch, y.loss, y.lr, y.grad_norm));
+    }
+    let (wa, wb) = (
+        Checkpoint::load(&root.join("unbroken/student"), &device).unwrap(),
+        Checkpoint::load(&root.join("broken/student"), &device).unwrap(),
+    );
+    for (name, t) in &wa.weights {
+        let diff = common::max_abs_diff(t, &wb.weights[name]);
+        assert_eq!(diff, 0.0, "tensor {name} differs after resuming");
+    }
+}
+
+/// Runs distil and expects a one-line error containing each of `words`.
+fn fails_with(args: &[&str], words: &[&str]) {
+    let out = std::process::Command::new(distil_bin()).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "distil {args:?} succeeded");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for w in words {
+        assert!(stderr.contains(w), "distil {args:?}: error lacks `{w}`: {stderr}");
+    }
+}
+
+#[test]
+fn bad_runs_are_refused_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let corpus = build_corpus(root);
+    let device = Device::Cpu;
+    let config_dir = tiny_config(&root.join("teacher"));
+    let config = ModelConfig::from_dir(&config_dir).unwrap();
+    let weights = init_weights(&config, true, 0.05, &mut Rng::new(1), &device).unwrap();
+    checkpoint::save(&config_dir, &config, &weights, None).unwrap();
+    let p = |x: &Path| x.display().to_string();
+
+    fails_with(
+        &["student", "init", "--teacher", &p(&config_dir), "--layers", "0,5", "--out", &p(&root.join("s"))],
+        &["layer 5", "0..=1"],
+    );
+    let write = |name: &str, body: String| {
+        let path = root.join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let base = format!("teacher = {:?}\nstudent = {:?}\ncorpus = {:?}\n", p(&config_dir), p(&config_dir), p(&corpus));
+    let typo = write("typo.toml", format!("{base}out = {:?}\n[loss]\ntemprature = 3.0\n", p(&root.join("r1"))));
+    fails_with(&["train", "--config", &p(&typo)], &["loss.temprature", "did you mean `loss.temperature`"]);
+
+    // A student of another width, and a student with another tokenizer.
+    let wide = root.join("wide");
+    let mut wide_config = config.clone();
+    wide_config.hidden_size = 48;
+    wide_config.intermediate_size = 64;
+    wide_config.num_heads = 2;
+    let w = init_weights(&wide_config, true, 0.05, &mut Rng::new(2), &device).unwrap();
+    checkpoint::save(&wide, &wide_config, &w, Some(&config_dir)).unwrap();
+    let cfg = write(
+        "wide.toml",
+        format!(
+            "teacher = {:?}\nstudent = {:?}\ncorpus = {:?}\nout = {:?}\n",
+            p(&config_dir),
+            p(&wide),
+            p(&corpus),
+            p(&root.join("r2"))
+        ),
+    );
+    fails_with(&["train", "--config", &p(&cfg)], &["48 wide", "32"]);
+    let other_tok = asset("antiberty");
+    let cfg = write(
+        "tok.toml",
+        format!("student = {:?}\ncorpus = {:?}\nout = {:?}\n", p(&other_tok), p(&corpus), p(&root.join("r3"))),
+    );
+    fails_with(&["train", "--config", &p(&cfg)], &["tokenizer"]);
+
+    // A run folder that exists, and a resume with another config.
+    let good =
+        write("good.toml", format!("{base}out = {:?}\n[run]\nsteps = 1\neval_batches = 0\n", p(&root.join("run"))));
+    let ok = std::process::Command::new(distil_bin()).args(["train", "--config", &p(&good)]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    fails_with(&["train", "--config", &p(&good)], &["already exists", "--resume"]);
+    fails_with(
+        &["train", "--config", &p(&good), "--set", "loss.temperature=3", "--resume", &p(&root.join("run"))],
+        &["another config"],
+    );
+}
