@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::input::{list_files, Chunk, ChunkReader};
 use super::manifest::{
     token_bytes_for, BuildSettings, DropCounts, InputCounts, Manifest, SpecialIds, Split, FORMAT, MANIFEST_FILE,
-    TOKEN_COUNTS_FILE, VERSION,
+    TOKENIZER_DIR, TOKEN_COUNTS_FILE, VERSION,
 };
 use super::pack::{Packer, Rules, Verdict};
 use super::shards::{ChecksummedFile, SplitWriter};
@@ -122,7 +122,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     let files = list_files(&opts.inputs)?;
     let disk_total: u64 = files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0)).sum();
     let staging = Staging::new(&opts.out)?;
-    copy_tokenizer(&tokenizer, &fingerprint, &staging.tmp.join(super::manifest::TOKENIZER_DIR))?;
+    copy_tokenizer(&tokenizer, &fingerprint, &staging.tmp.join(TOKENIZER_DIR))?;
 
     let vocab_size = tokenizer.vocab_size();
     let s = tokenizer.special;
@@ -147,47 +147,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     };
 
     let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("tokenize-{i}"))
-        .build()
-        .context("cannot start the tokenizer threads")?;
-    let disk_read = Arc::new(AtomicU64::new(0));
     let progress = progress_bar(opts.progress, disk_total);
-    std::thread::scope(|scope| -> Result<()> {
-        let (chunk_tx, chunk_rx) = sync_channel::<Result<Chunk>>(2);
-        let (encoded_tx, encoded_rx) = sync_channel::<Result<Encoded>>(2);
-        let reader = ChunkReader::new(files.clone(), CHUNK_BYTES, disk_read.clone());
-        scope.spawn(move || {
-            for chunk in reader {
-                let failed = chunk.is_err();
-                if chunk_tx.send(chunk).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        let (tokenizer, pool, files) = (&tokenizer, &pool, &files);
-        scope.spawn(move || {
-            for chunk in chunk_rx {
-                let encoded = chunk.and_then(|c| encode(tokenizer, pool, c, files));
-                let failed = encoded.is_err();
-                if encoded_tx.send(encoded).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        for encoded in encoded_rx {
-            writer.add(encoded?)?;
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            progress.set_position(disk_read.load(Ordering::Relaxed));
-            progress.set_message(format!(
-                "{:.2} MB/s, {:.0} tokens/s",
-                writer.input.bytes as f64 / 1e6 / secs,
-                writer.tokens_encoded as f64 / secs
-            ));
-        }
-        Ok(())
-    })?;
+    stream(&files, &tokenizer, threads, &mut writer, &progress, started)?;
     progress.finish_and_clear();
 
     let settings = BuildSettings {
@@ -260,6 +221,59 @@ fn resolve_max_len(tokenizer: &Path, requested: Option<usize>) -> Result<usize> 
         Some(n) => Ok(n),
         None => Ok(model_max),
     }
+}
+
+/// Runs the reader, tokenizer and writer stages until the input is exhausted or one fails.
+fn stream(
+    files: &[PathBuf],
+    tokenizer: &TextTokenizer,
+    threads: usize,
+    writer: &mut Writer,
+    progress: &ProgressBar,
+    started: Instant,
+) -> Result<()> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("tokenize-{i}"))
+        .build()
+        .context("cannot start the tokenizer threads")?;
+    let disk_read = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|scope| {
+        // Bounded queues: a stage that runs ahead waits, so at most a few chunks are in memory.
+        let (chunk_tx, chunk_rx) = sync_channel::<Result<Chunk>>(2);
+        let (encoded_tx, encoded_rx) = sync_channel::<Result<Encoded>>(2);
+        let reader = ChunkReader::new(files.to_vec(), CHUNK_BYTES, disk_read.clone());
+        scope.spawn(move || {
+            for chunk in reader {
+                let failed = chunk.is_err();
+                if chunk_tx.send(chunk).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        let pool = &pool;
+        scope.spawn(move || {
+            for chunk in chunk_rx {
+                let encoded = chunk.and_then(|c| encode(tokenizer, pool, c, files));
+                let failed = encoded.is_err();
+                if encoded_tx.send(encoded).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        // Returning early drops the receiver, which stops the other stages.
+        for encoded in encoded_rx {
+            writer.add(encoded?)?;
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            progress.set_position(disk_read.load(Ordering::Relaxed));
+            progress.set_message(format!(
+                "{:.2} MB/s, {:.0} tokens/s",
+                writer.input.bytes as f64 / 1e6 / secs,
+                writer.tokens_encoded as f64 / secs
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// One chunk's token ids, with what the writer needs to know about its lines.

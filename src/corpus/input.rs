@@ -11,8 +11,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use flate2::read::MultiGzDecoder;
 
-/// The files behind the given paths: files as given, folders walked recursively in name order
-/// (entries whose names start with `.` are skipped, as are symbolic links to folders).
+use super::manifest::MANIFEST_FILE;
+
+/// The files behind the given paths: files as given, folders walked recursively in name order.
+/// Skipped in folders: names starting with `.` (a build in progress is one), symbolic links to
+/// folders, and built corpora (folders with a manifest), so that `--out` may lie among the inputs.
 pub fn list_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
@@ -43,7 +46,9 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
         let path = entry.path();
         let kind = entry.file_type().with_context(|| format!("cannot stat {}", path.display()))?;
         if kind.is_dir() {
-            walk(&path, files)?;
+            if !path.join(MANIFEST_FILE).is_file() {
+                walk(&path, files)?;
+            }
         } else if kind.is_file() || (kind.is_symlink() && path.is_file()) {
             files.push(path);
         }
@@ -199,6 +204,8 @@ mod tests {
         enc.finish().unwrap();
         std::fs::create_dir(dir.path().join(".hidden")).unwrap();
         std::fs::write(dir.path().join(".hidden/x.txt"), "hidden\n").unwrap();
+        std::fs::create_dir(dir.path().join("corpus")).unwrap();
+        std::fs::write(dir.path().join("corpus").join(MANIFEST_FILE), "{}").unwrap();
 
         let files = list_files(&[dir.path().to_path_buf()]).unwrap();
         assert_eq!(files, vec![plain, gz]);

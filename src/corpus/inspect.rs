@@ -79,7 +79,7 @@ pub fn stats(dir: &Path) -> Result<String> {
 
     // Bins (b·step, (b+1)·step], so that the last one ends at the maximum length.
     let step = s.max_len.div_ceil(HISTOGRAM_BINS);
-    let mut bins = vec![0u64; HISTOGRAM_BINS];
+    let mut bins = [0u64; HISTOGRAM_BINS];
     corpus.lengths().iter().for_each(|&l| bins[(l as usize - 1) / step] += 1);
     let most = *bins.iter().max().unwrap_or(&1);
     writeln!(w, "lengths     (train, tokens per sequence)")?;
@@ -113,9 +113,8 @@ pub fn sample(dir: &Path, split: Split, n: usize, seed: u64, masking: Option<Mas
     let (corpus, tokenizer) = open_with_tokenizer(dir, split)?;
     anyhow::ensure!(!corpus.is_empty(), "corpus {} has no {} sequences", dir.display(), split.name());
     let mut rng = Rng::new(seed);
-    let mut picks: Vec<usize> = (0..corpus.len()).collect();
+    let mut picks = distinct(n.min(corpus.len()), corpus.len(), &mut rng);
     shuffle(&mut picks, &mut rng);
-    picks.truncate(n);
     let seqs: Vec<Vec<u32>> = picks.iter().map(|&i| corpus.sequence(i)).collect();
     let mut out = String::new();
     let masked = match masking {
@@ -148,4 +147,17 @@ pub fn sample(dir: &Path, split: Split, n: usize, seed: u64, masking: Option<Mas
         }
     }
     Ok(out)
+}
+
+/// `n` distinct numbers below `len`, uniformly (Floyd's algorithm: O(n), whatever `len`).
+fn distinct(n: usize, len: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut chosen = std::collections::HashSet::with_capacity(n);
+    let mut picks = Vec::with_capacity(n);
+    for j in len - n..len {
+        let t = rng.below(j as u64 + 1) as usize;
+        let pick = if chosen.insert(t) { t } else { j };
+        chosen.insert(pick);
+        picks.push(pick);
+    }
+    picks
 }

@@ -135,8 +135,8 @@ pub struct Corpus {
 
 impl Corpus {
     /// Opens one split, checking sizes, checksums and offsets of every file it uses: a
-    /// truncated, corrupt or foreign file is an error naming it. Reads each file once (about a
-    /// second per GB). The held-out split may be empty (`--heldout 0`); the train split never is.
+    /// truncated, corrupt or foreign file is an error naming it. Reads each file once. The
+    /// held-out split may be empty (`--heldout 0`); the train split never is.
     pub fn open(dir: &Path, split: Split) -> Result<Corpus> {
         let manifest = Manifest::read(dir)?;
         let info = manifest.split(split);
