@@ -29,45 +29,66 @@ use crate::rng::Rng;
 const CHUNK_BYTES: usize = 1 << 20;
 /// Used when no `config.json` next to the tokenizer says the model's maximum.
 pub const DEFAULT_MAX_LEN: usize = 512;
+/// The reference keeps sequences of more than 11 tokens.
+pub const DEFAULT_MIN_LEN: usize = 12;
+pub const DEFAULT_MAX_UNK: f64 = 0.5;
+pub const DEFAULT_HELDOUT: f64 = 0.01;
 /// Tokens per shard file (512 MiB of u16).
 pub const DEFAULT_SHARD_TOKENS: u64 = 1 << 28;
 
-#[derive(Debug, Clone)]
+/// The options of `distil corpus build` (also its command-line arguments).
+#[derive(Debug, Clone, clap::Args)]
 pub struct BuildOptions {
-    /// A model directory (tokenizer.json or vocab.txt) or a tokenizer.json file.
+    /// Tokenizer: a model directory (tokenizer.json or vocab.txt) or a tokenizer.json file.
+    #[arg(long)]
     pub tokenizer: PathBuf,
-    /// Text files, folders of them (recursive), `.gz` files.
+    /// Text files (one sequence per non-empty line), folders of them (recursive), .gz files.
+    #[arg(long = "input", value_name = "PATH", required = true, num_args = 1..)]
     pub inputs: Vec<PathBuf>,
+    /// The corpus directory to write (replaced whole if it holds a corpus).
+    #[arg(long)]
     pub out: PathBuf,
-    /// Tokens per sequence, start and end included; `None`: the model's maximum.
+    /// Tokens per sequence, start and end included [default: the model's maximum from the
+    /// config.json next to the tokenizer, else 512]. Longer texts are split.
+    #[arg(long)]
     pub max_len: Option<usize>,
-    /// Sequences shorter than this are dropped.
+    /// Drop sequences shorter than this (start and end tokens included).
+    #[arg(long, default_value_t = DEFAULT_MIN_LEN)]
     pub min_len: usize,
-    /// Sequences with at least this share of unknown tokens are dropped.
+    /// Drop sequences whose share of unknown tokens is at least this.
+    #[arg(long, default_value_t = DEFAULT_MAX_UNK)]
     pub max_unk: f64,
-    /// Share of lines (documents, in document mode) held out for evaluation.
+    /// Share of lines (documents with --documents) held out for evaluation.
+    #[arg(long, default_value_t = DEFAULT_HELDOUT)]
     pub heldout: f64,
+    /// Seed of the held-out draw.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Tokenizer workers; `None`: every core.
+    /// Tokenizer threads [default: every core].
+    #[arg(long)]
     pub threads: Option<usize>,
-    /// Pack consecutive lines of a document (ended by a blank line) into sequences.
+    /// Pack consecutive lines of a document (a blank line ends one) up to the maximum length.
+    #[arg(long)]
     pub documents: bool,
+    /// Tokens per shard file.
+    #[arg(long, default_value_t = DEFAULT_SHARD_TOKENS, hide = true)]
     pub shard_tokens: u64,
-    /// Draw a progress bar on standard error (when it is a terminal).
+    /// Draw a progress bar on standard error (when it is a terminal); on from the command line.
+    #[arg(skip = true)]
     pub progress: bool,
 }
 
 impl BuildOptions {
-    /// The defaults of `distil corpus build`.
+    /// The defaults of `distil corpus build`, without a progress bar.
     pub fn new(tokenizer: impl Into<PathBuf>, inputs: Vec<PathBuf>, out: impl Into<PathBuf>) -> Self {
         BuildOptions {
             tokenizer: tokenizer.into(),
             inputs,
             out: out.into(),
             max_len: None,
-            min_len: 12,
-            max_unk: 0.5,
-            heldout: 0.01,
+            min_len: DEFAULT_MIN_LEN,
+            max_unk: DEFAULT_MAX_UNK,
+            heldout: DEFAULT_HELDOUT,
             seed: 0,
             threads: None,
             documents: false,
