@@ -107,9 +107,8 @@ impl Masker {
     /// same result. When a batch has fewer maskable tokens than the target count (only special
     /// tokens, say), all of them are targets.
     pub fn mask(&self, batch: &PaddedBatch, rng: &mut Rng) -> MaskedBatch {
-        let width = batch.input_ids.first().map_or(0, Vec::len);
-        // (clock, flat position) of every candidate; the earliest clocks win.
-        let mut clocks: Vec<(f64, usize)> = Vec::new();
+        // (clock, (row, column)) of every candidate; the earliest clocks win.
+        let mut clocks: Vec<(f64, (usize, usize))> = Vec::new();
         let mut real = 0usize;
         for (r, (ids, attention)) in batch.input_ids.iter().zip(&batch.attention_mask).enumerate() {
             for (c, (&id, &a)) in ids.iter().zip(attention).enumerate() {
@@ -120,22 +119,21 @@ impl Masker {
                 let w = self.weights[id as usize];
                 if w > 0.0 {
                     // 1 - U lies in (0, 1], so the logarithm is finite.
-                    clocks.push((-(1.0 - rng.next_f64()).ln() / w, r * width + c));
+                    clocks.push((-(1.0 - rng.next_f64()).ln() / w, (r, c)));
                 }
             }
         }
         let targets = ((self.config.mlm_prob * real as f64).ceil() as usize).min(clocks.len());
-        let earliest = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+        let earliest = |a: &(f64, (usize, usize)), b: &(f64, (usize, usize))| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
         if targets > 0 && targets < clocks.len() {
             clocks.select_nth_unstable_by(targets - 1, earliest);
         }
-        let mut chosen: Vec<usize> = clocks[..targets].iter().map(|&(_, p)| p).collect();
+        let mut chosen: Vec<(usize, usize)> = clocks[..targets].iter().map(|&(_, p)| p).collect();
         chosen.sort_unstable();
 
         let mut input_ids = batch.input_ids.clone();
         let mut labels: Vec<Vec<i64>> = batch.input_ids.iter().map(|row| vec![IGNORE; row.len()]).collect();
-        for p in chosen {
-            let (r, c) = (p / width, p % width);
+        for (r, c) in chosen {
             labels[r][c] = input_ids[r][c] as i64;
             let u = rng.next_f64();
             if u < self.config.mask {
