@@ -17,7 +17,7 @@ use distil::distill::student::{init_student, spread_layers, StudentArch};
 use distil::model::encoder::init_weights;
 use distil::model::{Checkpoint, Encoder, EncoderInput, ModelConfig};
 use distil::rng::Rng;
-use distil::train::optim::{clip_grad_norm, AdamW, AdamWConfig, Gradients};
+use distil::train::optim::{clip_scale, grad_norm, AdamW, AdamWConfig, Gradients};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
@@ -37,6 +37,7 @@ fn peak_rss_gib() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    distil::memory::keep_freed_memory();
     let device = Device::Cpu;
     let config_dir =
         PathBuf::from(arg("--teacher-config", concat!(env!("CARGO_MANIFEST_DIR"), "/assets/all-MiniLM-L6-v2")));
@@ -78,22 +79,40 @@ fn main() -> anyhow::Result<()> {
     let loss_cfg = LossConfig::default();
 
     let mut times = Vec::new();
+    // Seconds per phase, summed over the timed steps: where a step's time goes.
+    let mut phases = [0f64; 5];
     let mut dropout = Rng::new(1);
     for step in 0..=steps {
+        let mut clock = Instant::now();
+        let mut lap = |phase: usize| {
+            if step > 0 {
+                phases[phase] += clock.elapsed().as_secs_f64();
+            }
+            clock = Instant::now();
+        };
         let start = Instant::now();
         let t_last = teacher.forward(&input, None)?.pop().unwrap();
+        lap(0);
         let s_last = student.forward(&input, Some(&mut dropout))?.pop().unwrap();
+        lap(1);
         let parts = distillation_loss(&loss_cfg, &student, &s_last, &teacher, &t_last, &rows)?;
+        parts.total.to_scalar::<f32>()?;
+        lap(2);
         let store = parts.total.backward()?;
-        let mut grads: Gradients =
-            vars.iter().filter_map(|(k, v)| store.get(v).map(|g| (k.clone(), g.clone()))).collect();
+        let grads: Gradients = vars.iter().filter_map(|(k, v)| store.get(v).map(|g| (k.clone(), g.clone()))).collect();
         drop(store);
-        clip_grad_norm(&mut grads, 5.0)?;
-        optimizer.step(&grads, 1e-4)?;
+        lap(3);
+        let norm = grad_norm(&grads)?;
+        optimizer.step(&grads, 1e-4, clip_scale(norm, 5.0))?;
+        lap(4);
         if step > 0 {
             times.push(start.elapsed().as_secs_f64()); // step 0 warms the allocator and thread pool
         }
     }
+    let names = ["teacher forward", "student forward", "loss (heads + vocabulary)", "backward", "clip + AdamW"];
+    let breakdown: Vec<String> =
+        names.iter().zip(phases).map(|(n, t)| format!("{n} {:.2} s", t / steps as f64)).collect();
+    println!("per step: {}", breakdown.join(", "));
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(

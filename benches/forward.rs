@@ -17,6 +17,7 @@ fn arg(name: &str, default: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    distil::memory::keep_freed_memory();
     let model = PathBuf::from(arg("--model", concat!(env!("CARGO_MANIFEST_DIR"), "/assets/all-MiniLM-L6-v2")));
     let batch: usize = arg("--batch", "32").parse()?;
     let seq: usize = arg("--seq", "128").parse()?;

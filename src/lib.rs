@@ -10,6 +10,7 @@
 pub mod corpus;
 pub mod distill;
 pub mod infer;
+pub mod memory;
 pub mod model;
 pub mod rng;
 pub mod train;

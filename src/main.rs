@@ -148,6 +148,7 @@ enum StudentCommand {
 }
 
 fn main() -> ExitCode {
+    distil::memory::keep_freed_memory();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,8 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::sync::Mutex;
+
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Storage, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::model::encoder::is_no_decay;
@@ -36,65 +39,133 @@ pub type Gradients = BTreeMap<String, Tensor>;
 pub struct AdamW {
     pub config: AdamWConfig,
     params: BTreeMap<String, Var>,
-    m: BTreeMap<String, Tensor>,
-    v: BTreeMap<String, Tensor>,
+    /// First and second moments, flat, in the parameters' element order.
+    moments: BTreeMap<String, (Vec<f32>, Vec<f32>)>,
     /// Optimiser steps taken.
     pub step: u64,
 }
 
+/// Reads a contiguous float32 CPU tensor as a slice, for `f`.
+fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        bail!("expected a contiguous float32 tensor on the CPU")
+    };
+    Ok(f(&data[start..end]))
+}
+
+/// The AdamW update of one parameter, applied in place on its storage in one parallel pass
+/// over the parameter, its gradient and its moments.
+struct Update<'a> {
+    grad: &'a [f32],
+    moments: Mutex<(&'a mut [f32], &'a mut [f32])>,
+    grad_scale: f32,
+    lr: f32,
+    decay: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    bias1: f32,
+    bias2: f32,
+}
+
+impl InplaceOp1 for Update<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(data), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("adamw: parameters must be contiguous float32")
+        };
+        let param = &mut data[start..end];
+        let mut guard = self.moments.lock().unwrap();
+        let (m, v) = &mut *guard;
+        const CHUNK: usize = 1 << 14;
+        param.par_chunks_mut(CHUNK).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).enumerate().for_each(
+            |(c, ((p, m), v))| {
+                let g = &self.grad[c * CHUNK..c * CHUNK + p.len()];
+                for i in 0..p.len() {
+                    let gi = g[i] * self.grad_scale;
+                    m[i] = self.beta1 * m[i] + (1.0 - self.beta1) * gi;
+                    v[i] = self.beta2 * v[i] + (1.0 - self.beta2) * gi * gi;
+                    let update = (m[i] / self.bias1) / ((v[i] / self.bias2).sqrt() + self.eps);
+                    p[i] = p[i] * (1.0 - self.lr * self.decay) - self.lr * update;
+                }
+            },
+        );
+        Ok(())
+    }
+}
+
 impl AdamW {
     pub fn new(params: BTreeMap<String, Var>, config: AdamWConfig) -> Result<Self> {
-        let zeros = |p: &Var| p.zeros_like();
-        let m = params.iter().map(|(k, p)| Ok((k.clone(), zeros(p)?))).collect::<Result<_>>()?;
-        let v = params.iter().map(|(k, p)| Ok((k.clone(), zeros(p)?))).collect::<Result<_>>()?;
-        Ok(AdamW { config, params, m, v, step: 0 })
+        let moments =
+            params.iter().map(|(k, p)| (k.clone(), (vec![0f32; p.elem_count()], vec![0f32; p.elem_count()]))).collect();
+        Ok(AdamW { config, params, moments, step: 0 })
     }
 
     pub fn params(&self) -> &BTreeMap<String, Var> {
         &self.params
     }
 
-    /// One update with learning rate `lr` (the schedule's value for this step).
-    pub fn step(&mut self, grads: &Gradients, lr: f64) -> Result<()> {
+    /// One update with learning rate `lr` (the schedule's value for this step), the gradients
+    /// multiplied by `grad_scale` first (the clipping coefficient).
+    pub fn step(&mut self, grads: &Gradients, lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
         let c = &self.config;
-        let bias1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bias2 = 1.0 - c.beta2.powi(self.step as i32);
         for (name, param) in &self.params {
             let Some(g) = grads.get(name) else { continue };
-            let m = ((&self.m[name] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[name] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let update = ((&m / bias1)? / ((&v / bias2)?.sqrt()? + c.eps)?)?;
-            let decay = if is_no_decay(name) { 0.0 } else { c.weight_decay };
-            let p = param.as_tensor();
-            let next = ((p * (1.0 - lr * decay))? - (update * lr)?)?;
-            param.set(&next)?;
-            self.m.insert(name.clone(), m);
-            self.v.insert(name.clone(), v);
+            let g = g.contiguous()?;
+            let (m, v) = self.moments.get_mut(name).unwrap();
+            with_slice(&g, |grad| -> Result<()> {
+                if grad.len() != m.len() {
+                    bail!("gradient of `{name}` has {} values, the parameter {}", grad.len(), m.len());
+                }
+                let update = Update {
+                    grad,
+                    moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                    grad_scale: grad_scale as f32,
+                    lr: lr as f32,
+                    decay: if is_no_decay(name) { 0.0 } else { c.weight_decay as f32 },
+                    beta1: c.beta1 as f32,
+                    beta2: c.beta2 as f32,
+                    eps: c.eps as f32,
+                    bias1: (1.0 - c.beta1.powi(self.step as i32)) as f32,
+                    bias2: (1.0 - c.beta2.powi(self.step as i32)) as f32,
+                };
+                Ok(param.as_tensor().inplace_op1(&update)?)
+            })??;
         }
         Ok(())
     }
 
     /// Moments as `m.{name}` / `v.{name}` tensors, for a run checkpoint.
-    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
-        let m = self.m.iter().map(|(k, t)| (format!("m.{k}"), t.clone()));
-        let v = self.v.iter().map(|(k, t)| (format!("v.{k}"), t.clone()));
-        m.chain(v).collect()
+    pub fn state_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for (name, (m, v)) in &self.moments {
+            let shape = self.params[name].shape();
+            out.insert(format!("m.{name}"), Tensor::from_slice(m, shape, &Device::Cpu)?);
+            out.insert(format!("v.{name}"), Tensor::from_slice(v, shape, &Device::Cpu)?);
+        }
+        Ok(out)
     }
 
     /// Restores the moments saved by `state_tensors` from a safetensors file.
-    pub fn load_state(&mut self, path: &Path, step: u64, device: &Device) -> Result<()> {
-        let mut saved = candle_core::safetensors::load(path, device)
+    pub fn load_state(&mut self, path: &Path, step: u64) -> Result<()> {
+        let mut saved = candle_core::safetensors::load(path, &Device::Cpu)
             .with_context(|| format!("cannot read optimiser state {}", path.display()))?;
         for (name, param) in &self.params {
-            for (prefix, map) in [("m", &mut self.m), ("v", &mut self.v)] {
+            let mut take = |prefix: &str| -> Result<Vec<f32>> {
                 let key = format!("{prefix}.{name}");
                 let t = saved.remove(&key).with_context(|| format!("{}: no tensor `{key}`", path.display()))?;
                 if t.dims() != param.dims() {
                     bail!("{}: `{key}` has shape {:?}, the parameter {:?}", path.display(), t.dims(), param.dims());
                 }
-                map.insert(name.clone(), t);
-            }
+                Ok(t.flatten_all()?.to_vec1()?)
+            };
+            let moments = (take("m")?, take("v")?);
+            self.moments.insert(name.clone(), moments);
         }
         if let Some(extra) = saved.keys().next() {
             bail!("{}: unexpected tensor `{extra}` (a checkpoint of another model?)", path.display());
@@ -104,23 +175,23 @@ impl AdamW {
     }
 }
 
-/// Scales the gradients so that their global L2 norm is at most `max_norm`; returns the norm
-/// before clipping (PyTorch's `clip_grad_norm_`).
-pub fn clip_grad_norm(grads: &mut Gradients, max_norm: f64) -> Result<f64> {
+/// The global L2 norm of the gradients, accumulated in float64.
+pub fn grad_norm(grads: &Gradients) -> Result<f64> {
     let mut sum = 0f64;
     for g in grads.values() {
-        sum += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        sum += with_slice(&g.contiguous()?, |x| x.par_iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())?;
     }
-    let norm = sum.sqrt();
+    Ok(sum.sqrt())
+}
+
+/// PyTorch's `clip_grad_norm_` coefficient: the factor that brings the norm down to
+/// `max_norm` (1 when it is below, or when clipping is off).
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
     if max_norm > 0.0 && norm.is_finite() {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            for g in grads.values_mut() {
-                *g = (&*g * coef)?;
-            }
-        }
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
     }
-    Ok(norm)
 }
 
 #[cfg(test)]
@@ -141,7 +212,7 @@ mod tests {
             ("w.bias".to_string(), Tensor::new(&[1.0f32], &device).unwrap()),
         ]
         .into();
-        opt.step(&grads, 0.1).unwrap();
+        opt.step(&grads, 0.1, 1.0).unwrap();
         // Step 1: m̂ = g, v̂ = g², so the update is g/(|g| + eps) ≈ sign(g); decay applies to weights only.
         let w: Vec<f32> = p.as_tensor().to_vec1().unwrap();
         let expect = [1.0 * (1.0 - 0.05) - 0.1 * 0.2 / (0.2 + 1e-6), -2.0 * (1.0 - 0.05) + 0.1 * 0.4 / (0.4 + 1e-6)];
@@ -155,10 +226,11 @@ mod tests {
     #[test]
     fn clipping_scales_to_the_max_norm() {
         let device = Device::Cpu;
-        let mut grads: Gradients = [("a".to_string(), Tensor::new(&[3.0f32, 4.0], &device).unwrap())].into();
-        let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
+        let grads: Gradients = [("a".to_string(), Tensor::new(&[3.0f32, 4.0], &device).unwrap())].into();
+        let norm = grad_norm(&grads).unwrap();
         assert!((norm - 5.0).abs() < 1e-6);
-        let v: Vec<f32> = grads["a"].to_vec1().unwrap();
-        assert!((v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5, "{v:?}");
+        assert!((clip_scale(norm, 1.0) - 0.2).abs() < 1e-6);
+        assert_eq!(clip_scale(norm, 10.0), 1.0);
+        assert_eq!(clip_scale(norm, 0.0), 1.0);
     }
 }

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::checkpoint::{self as run_checkpoint, RunState};
 use super::config::RunConfig;
 use super::metrics::{EvalRecord, MetricsLog, Record, StepRecord};
-use super::optim::{clip_grad_norm, AdamW, Gradients};
+use super::optim::{clip_scale, grad_norm, AdamW, Gradients};
 use super::schedule::LinearSchedule;
 use crate::corpus::batches::{pad, BatchSize, Batcher};
 use crate::corpus::masking::{MaskedBatch, Masker};
@@ -273,7 +273,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
     if options.resume {
         let restored = run_checkpoint::load_latest(out, &device)?;
         student.set_weights(&restored.weights)?;
-        optimizer.load_state(&restored.optimizer_file, restored.state.optimizer_steps, &device)?;
+        optimizer.load_state(&restored.optimizer_file, restored.state.optimizer_steps)?;
         batcher.restore(&restored.state.cursor)?;
         state = restored.state;
         eprintln!("resuming {} from step {} ({})", out.display(), state.step, restored.dir.display());
@@ -308,12 +308,12 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
             add_gradients(&mut grads, &student.vars, &(parts.total / config.batch.accumulation as f64)?)?;
             accumulate(&mut sum, &values, config.batch.accumulation);
         }
-        let grad_norm = if finite { clip_grad_norm(&mut grads, config.optim.clip_grad_norm)? } else { f64::NAN };
+        let grad_norm = if finite { grad_norm(&grads)? } else { f64::NAN };
         let lr = schedule.lr(step);
         state.cursor = batcher.cursor();
         state.step = step;
         if finite && grad_norm.is_finite() {
-            optimizer.step(&grads, lr)?;
+            optimizer.step(&grads, lr, clip_scale(grad_norm, config.optim.clip_grad_norm))?;
             state.optimizer_steps = optimizer.step;
             state.consecutive_skipped = 0;
         } else {
@@ -358,7 +358,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
                 out,
                 &state,
                 &student.weights(),
-                &optimizer.state_tensors(),
+                &optimizer.state_tensors()?,
                 config.run.keep_checkpoints,
             )?;
             if stopping {
