@@ -166,9 +166,9 @@ pub fn distillation_loss(
     let teacher_last = teacher_last.detach();
     let (mut ce, mut mlm, mut mse) = (zero(device)?, zero(device)?, zero(device)?);
     if !rows.selected.is_empty() {
-        let s_logits = student.logits(&gather(student_last, &rows.selected)?)?;
-        let t_logits = teacher.logits(&gather(&teacher_last, &rows.selected)?)?.detach();
-        let per_row = vocab_loss(&s_logits, &t_logits, &rows.targets, cfg.temperature)?;
+        let (s_logits, s_bias) = student.mlm_head()?.unbiased_logits(&gather(student_last, &rows.selected)?)?;
+        let (t_logits, t_bias) = teacher.mlm_head()?.unbiased_logits(&gather(&teacher_last, &rows.selected)?)?;
+        let per_row = vocab_loss(&s_logits, &s_bias, &t_logits.detach(), &t_bias, &rows.targets, cfg.temperature)?;
         let n = rows.selected.len() as f64;
         let t2 = cfg.temperature * cfg.temperature;
         ce = (per_row.narrow(1, 0, 1)?.sum_all()? * (t2 / n))?;
@@ -199,10 +199,10 @@ pub fn mlm_loss(
     let mlm = if rows.selected.is_empty() {
         zero(device)?
     } else {
-        let logits = model.logits(&gather(last_hidden, &rows.selected)?)?;
+        let (logits, bias) = model.mlm_head()?.unbiased_logits(&gather(last_hidden, &rows.selected)?)?;
         // The fused op wants a second set of logits; the model's own, detached, cost one extra
         // exponential per entry and contribute nothing (their KL term has weight 0).
-        let per_row = vocab_loss(&logits, &logits.detach(), &rows.targets, 1.0)?;
+        let per_row = vocab_loss(&logits, &bias, &logits.detach(), &bias, &rows.targets, 1.0)?;
         (per_row.narrow(1, 1, 1)?.sum_all()? / rows.num_targets as f64)?
     };
     Ok(LossParts { ce: zero(device)?, mlm: mlm.clone(), cos: zero(device)?, mse: zero(device)?, total: mlm })

@@ -258,6 +258,12 @@ impl MlmHead {
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         ops::linear(&self.transform(hidden)?, &self.decoder, Some(&self.bias))
     }
+
+    /// The logits before the output bias, and that bias: the fused vocabulary loss adds it
+    /// itself, saving two passes over (tokens × vocabulary) and their backward.
+    pub fn unbiased_logits(&self, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((ops::linear(&self.transform(hidden)?, &self.decoder, None)?, self.bias.clone()))
+    }
 }
 
 pub struct Encoder {
@@ -375,12 +381,16 @@ impl Encoder {
         layer.ffn_norm.forward(&(out + x)?)
     }
 
-    /// Logits over the vocabulary, or an error naming the model when it has no MLM head.
+    /// The MLM head, or an error naming the model when it has none.
+    pub fn mlm_head(&self) -> anyhow::Result<&MlmHead> {
+        self.head
+            .as_ref()
+            .context("this model has no MLM head (it is an encoder-only checkpoint); masked-word predictions need one")
+    }
+
+    /// Logits over the vocabulary, or an error when the model has no MLM head.
     pub fn logits(&self, last_hidden: &Tensor) -> anyhow::Result<Tensor> {
-        let head = self.head.as_ref().context(
-            "this model has no MLM head (it is an encoder-only checkpoint); masked-word predictions need one",
-        )?;
-        Ok(head.forward(last_hidden)?)
+        Ok(self.mlm_head()?.forward(last_hidden)?)
     }
 }
 
