@@ -370,8 +370,7 @@ impl Encoder {
         let q = split((layer.query.forward(x)? * (1.0 / (d as f64).sqrt()))?)?;
         let k = split(layer.key.forward(x)?)?;
         let v = split(layer.value.forward(x)?)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
-        let probs = ops::softmax(&scores)?;
+        let probs = ops::masked_softmax(&q.matmul(&k.t()?)?, bias)?;
         let probs = ops::dropout(&probs, cfg.attention_dropout, rng.as_deref_mut())?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
         let attended = ops::dropout(&layer.output.forward(&context)?, cfg.hidden_dropout, rng.as_deref_mut())?;

@@ -7,6 +7,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::config::Activation;
+use super::fused;
 use crate::rng::Rng;
 
 /// `y = x Wᵀ + b` over the last dimension, for inputs of any rank.
@@ -24,8 +25,18 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     y.reshape(out_dims)
 }
 
-/// LayerNorm over the last dimension, with a biased variance as PyTorch computes it.
+/// LayerNorm over the last dimension, with a biased variance as PyTorch computes it: the fused
+/// kernel on the CPU, the composite form elsewhere.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, fused::LayerNorm { eps })
+    } else {
+        layer_norm_composite(x, weight, bias, eps)
+    }
+}
+
+/// LayerNorm from differentiable candle ops: the reference the fused kernel is checked against.
+pub fn layer_norm_composite(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -38,6 +49,16 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// Attention probabilities: softmax over the keys of `scores` (batch, heads, queries, keys)
+/// plus the additive key `mask` (batch, 1, 1, keys).
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if scores.device().is_cpu() {
+        scores.contiguous()?.apply_op2(&mask.contiguous()?, fused::MaskedSoftmax)
+    } else {
+        softmax(&scores.broadcast_add(mask)?)
+    }
 }
 
 /// `log softmax` over the last dimension, without ever taking the log of a probability.
