@@ -5,7 +5,7 @@
 //!
 //! One epoch is built as follows: shuffle all sequences, order them by length bin (stably, so
 //! the order within a bin stays random), cut that order into consecutive batches (a batch
-//! spans two neighbouring bins only where a bin runs out, as the reference's leftovers do),
+//! reaches into the next bins only where a bin runs out, as the reference's leftovers do),
 //! shuffle the batches.
 //!
 //! With several processes (rank, world), the epoch's batches are dealt round-robin, so every
