@@ -114,9 +114,10 @@ fn loss_components_and_gradients_match_the_reference() {
                 let global = want.values().map(scale_of).fold(0f32, f32::max);
                 for (name, g) in &grads {
                     let w = &want[name];
-                    let scale = scale_of(w).max(1e-3 * global);
+                    let scale = scale_of(w);
+                    let tol = if scale < 1e-6 * global { 1e-6 * global } else { 1e-4 * scale.max(1e-3 * global) };
                     let diff = max_abs_diff(g, w);
-                    assert!(diff <= 1e-4 * scale, "{case}: gradient of {name} differs by {diff:e} (scale {scale:e})");
+                    assert!(diff <= tol, "{case}: gradient of {name} differs by {diff:e} (scale {scale:e})");
                 }
                 checked_grads += 1;
             }
