@@ -14,9 +14,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::model::fused::with_f32_slice;
 use crate::model::ops::fast_exp;
 
 /// Per-row constants of the forward pass, kept for the backward pass: the maxima and the
@@ -65,13 +66,6 @@ fn slice_of<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<
     let Some((start, end)) = layout.contiguous_offsets() else { bail!("vocab_loss: the {what} must be contiguous") };
     let CpuStorage::F32(data) = storage else { bail!("vocab_loss: the {what} must be float32") };
     Ok(&data[start..end])
-}
-
-/// Reads a tensor's float32 CPU storage for `f`, without copying it.
-fn with_cpu_slice<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else { bail!("vocab_loss: the {what} must be on the CPU") };
-    f(slice_of(cpu, layout, what)?)
 }
 
 /// Lanes of the row loops: independent accumulators that the compiler keeps in one vector
@@ -288,9 +282,9 @@ impl CustomOp3 for VocabLoss {
         }
         let (inv_t, tb, avx2) = (1.0 / self.temperature, self.teacher_bias.as_slice(), has_avx2());
         let mut out = vec![0f32; rows * vocab];
-        with_cpu_slice(student, "student logits", |s| {
-            with_cpu_slice(teacher, "teacher logits", |t| {
-                with_cpu_slice(bias, "student bias", |sb| {
+        with_f32_slice(student, |s| {
+            with_f32_slice(teacher, |t| {
+                with_f32_slice(bias, |sb| {
                     out.par_chunks_mut(vocab).enumerate().for_each(|(i, g)| {
                         let (s, t) = (&s[i * vocab..(i + 1) * vocab], &t[i * vocab..(i + 1) * vocab]);
                         let w = [weights[3 * i], weights[3 * i + 1], weights[3 * i + 2]];
@@ -317,13 +311,13 @@ impl CustomOp3 for VocabLoss {
                 }
                 sum
             })
-            .reduce(
-                || vec![0f32; vocab],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
-                    a
-                },
-            );
+            // Blocks are added in order, not in rayon's tree: a run must be reproducible.
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold(vec![0f32; vocab], |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, &y)| *x += y);
+                a
+            });
         let grad_student = Tensor::from_vec(out, (rows, vocab), student.device())?;
         let grad_bias = Tensor::from_vec(grad_bias, vocab, bias.device())?;
         Ok((Some(grad_student), None, Some(grad_bias)))

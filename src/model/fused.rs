@@ -22,6 +22,14 @@ fn with_storage<R>(t: &Tensor, f: impl FnOnce(&CpuStorage, &Layout) -> Result<R>
     f(cpu, layout)
 }
 
+/// Reads a contiguous float32 CPU tensor's storage for `f`, without copying it.
+pub fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    with_storage(t, |storage, layout| match storage {
+        CpuStorage::F32(data) => f(contiguous(data, layout, "tensor")?),
+        _ => bail!("expected a float32 tensor, got {:?}", t.dtype()),
+    })
+}
+
 /// Runs `$body` with `$x` bound to the float slice of each storage, for float32 and float64.
 macro_rules! float_dispatch {
     ($storage:expr, $layout:expr, |$x:ident| $body:expr) => {
@@ -127,14 +135,14 @@ impl LayerNorm {
                 }
                 (dw, db)
             })
-            .reduce(
-                || (vec![T::zero(); h], vec![T::zero(); h]),
-                |(mut aw, mut ab), (bw, bb)| {
-                    aw.iter_mut().zip(&bw).for_each(|(a, &b)| *a = *a + b);
-                    ab.iter_mut().zip(&bb).for_each(|(a, &b)| *a = *a + b);
-                    (aw, ab)
-                },
-            );
+            // Blocks are added in order, not in rayon's tree: a run must be reproducible.
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold((vec![T::zero(); h], vec![T::zero(); h]), |(mut aw, mut ab), (bw, bb)| {
+                aw.iter_mut().zip(&bw).for_each(|(a, &b)| *a = *a + b);
+                ab.iter_mut().zip(&bb).for_each(|(a, &b)| *a = *a + b);
+                (aw, ab)
+            });
         (dx, dw, db)
     }
 }

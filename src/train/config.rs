@@ -256,6 +256,18 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/run.toml");
+        let example = RunConfig::load(&path, &[]).unwrap();
+        let defaults = RunConfig::from_table(table("student = 's'\ncorpus = 'c'\nout = 'o'")).unwrap();
+        assert_eq!(
+            (&example.loss, &example.optim, &example.batch, &example.masking, &example.run),
+            (&defaults.loss, &defaults.optim, &defaults.batch, &defaults.masking, &defaults.run)
+        );
+        assert!(example.teacher.is_some());
+    }
+
+    #[test]
     fn unknown_keys_name_the_nearest_valid_one() {
         let e =
             RunConfig::from_table(table("student='s'\ncorpus='c'\nout='o'\n[optim]\nlearning_rate = 1")).unwrap_err();

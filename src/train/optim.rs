@@ -10,11 +10,12 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Storage, Tensor, Var};
+use candle_core::{CpuStorage, Device, InplaceOp1, Layout, Tensor, Var};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::model::encoder::is_no_decay;
+use crate::model::fused::with_f32_slice;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,15 +44,6 @@ pub struct AdamW {
     moments: BTreeMap<String, (Vec<f32>, Vec<f32>)>,
     /// Optimiser steps taken.
     pub step: u64,
-}
-
-/// Reads a contiguous float32 CPU tensor as a slice, for `f`.
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(data)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-        bail!("expected a contiguous float32 tensor on the CPU")
-    };
-    Ok(f(&data[start..end]))
 }
 
 /// The AdamW update of one parameter, applied in place on its storage in one parallel pass
@@ -118,9 +110,9 @@ impl AdamW {
             let Some(g) = grads.get(name) else { continue };
             let g = g.contiguous()?;
             let (m, v) = self.moments.get_mut(name).unwrap();
-            with_slice(&g, |grad| -> Result<()> {
+            with_f32_slice(&g, |grad| {
                 if grad.len() != m.len() {
-                    bail!("gradient of `{name}` has {} values, the parameter {}", grad.len(), m.len());
+                    candle_core::bail!("gradient of `{name}` has {} values, the parameter {}", grad.len(), m.len());
                 }
                 let update = Update {
                     grad,
@@ -134,8 +126,8 @@ impl AdamW {
                     bias1: (1.0 - c.beta1.powi(self.step as i32)) as f32,
                     bias2: (1.0 - c.beta2.powi(self.step as i32)) as f32,
                 };
-                Ok(param.as_tensor().inplace_op1(&update)?)
-            })??;
+                param.as_tensor().inplace_op1(&update)
+            })?;
         }
         Ok(())
     }
@@ -179,7 +171,12 @@ impl AdamW {
 pub fn grad_norm(grads: &Gradients) -> Result<f64> {
     let mut sum = 0f64;
     for g in grads.values() {
-        sum += with_slice(&g.contiguous()?, |x| x.par_iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())?;
+        // Fixed blocks summed in order: rayon's own reduction order varies from run to run.
+        sum += with_f32_slice(&g.contiguous()?, |x| {
+            let blocks: Vec<f64> =
+                x.par_chunks(1 << 14).map(|b| b.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect();
+            Ok(blocks.into_iter().sum::<f64>())
+        })?;
     }
     Ok(sum.sqrt())
 }
