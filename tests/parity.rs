@@ -63,6 +63,7 @@ fn save_then_load_is_lossless() {
             (c2.activation, c2.layer_norm_eps, c2.pad_token_id, c2.tie_word_embeddings, c2.type_vocab_size),
             "{name}"
         );
+        assert_eq!((c1.hidden_dropout, c1.attention_dropout), (c2.hidden_dropout, c2.attention_dropout), "{name}");
         // The reloaded model computes the recorded outputs too.
         let encoder = Encoder::new(&second.config, &second.weights).unwrap();
         let input = BatchJson::read(&dir.join("expected/batch0.json")).unwrap();

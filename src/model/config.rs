@@ -292,6 +292,8 @@ impl ModelConfig {
                 set("intermediate_size", self.intermediate_size.into());
                 set("type_vocab_size", self.type_vocab_size.into());
                 set("layer_norm_eps", self.layer_norm_eps.into());
+                set("hidden_dropout_prob", self.hidden_dropout.into());
+                set("attention_probs_dropout_prob", self.attention_dropout.into());
             }
             Family::DistilBert => {
                 set("dim", self.hidden_size.into());
@@ -300,6 +302,8 @@ impl ModelConfig {
                 set("hidden_dim", self.intermediate_size.into());
                 // Readers regenerate the position table when this is true (trap 7).
                 set("sinusoidal_pos_embds", self.sinusoidal_positions.into());
+                set("dropout", self.hidden_dropout.into());
+                set("attention_dropout", self.attention_dropout.into());
             }
         }
         Value::Object(map)
