@@ -40,6 +40,18 @@ fn tiny_config(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// The tiny model with random weights and an MLM head, saved in `dir`: a teacher for tests
+/// where what it knows does not matter. `dropout` sets both dropout rates.
+fn random_teacher(dir: &Path, dropout: f64) -> PathBuf {
+    let config_dir = tiny_config(dir);
+    let mut config = ModelConfig::from_dir(&config_dir).unwrap();
+    config.hidden_dropout = dropout;
+    config.attention_dropout = dropout;
+    let weights = init_weights(&config, true, 0.05, &mut Rng::new(1), &Device::Cpu).unwrap();
+    checkpoint::save(&config_dir, &config, &weights, None).unwrap();
+    config_dir
+}
+
 fn run_config(teacher: Option<&Path>, student: &Path, corpus: &Path, out: &Path, steps: u64, lr: f64) -> RunConfig {
     let mut table: toml::Table = toml::from_str(&format!(
         "student = {student:?}\ncorpus = {corpus:?}\nout = {out:?}\n[run]\nsteps = {steps}\nlog_every = 1\neval_every = 0\neval_batches = 4\ncheckpoint_every = 0\n[batch]\nsequences = 8\n[optim]\nlr = {lr}\nwarmup = 0.1\n"
@@ -131,12 +143,7 @@ fn a_stopped_and_resumed_run_equals_an_unbroken_one() {
     let device = Device::Cpu;
     // A small teacher with a head (random weights are enough for exactness) and a student
     // with dropout on, so that the generators' state matters too.
-    let config_dir = tiny_config(&root.join("teacher"));
-    let mut config = ModelConfig::from_dir(&config_dir).unwrap();
-    config.hidden_dropout = 0.1;
-    config.attention_dropout = 0.1;
-    let weights = init_weights(&config, true, 0.05, &mut Rng::new(1), &device).unwrap();
-    checkpoint::save(&config_dir, &config, &weights, None).unwrap();
+    let config_dir = random_teacher(&root.join("teacher"), 0.1);
     let teacher = Checkpoint::load(&config_dir, &device).unwrap();
     let init = init_student(&teacher, &[0], StudentArch::Same).unwrap();
     let student = root.join("student");
@@ -183,10 +190,8 @@ fn bad_runs_are_refused_before_any_work() {
     let root = tmp.path();
     let corpus = build_corpus(root);
     let device = Device::Cpu;
-    let config_dir = tiny_config(&root.join("teacher"));
+    let config_dir = random_teacher(&root.join("teacher"), 0.0);
     let config = ModelConfig::from_dir(&config_dir).unwrap();
-    let weights = init_weights(&config, true, 0.05, &mut Rng::new(1), &device).unwrap();
-    checkpoint::save(&config_dir, &config, &weights, None).unwrap();
     let p = |x: &Path| x.display().to_string();
 
     fails_with(
