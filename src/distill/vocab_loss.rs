@@ -84,9 +84,21 @@ fn max_of(row: &[f32], bias: &[f32]) -> f32 {
     m.into_iter().chain(rest).fold(f32::NEG_INFINITY, f32::max)
 }
 
+/// One token row's inputs: the student's and the teacher's unbiased logits with their output
+/// biases, and the true token (negative where the row has none).
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    s: &'a [f32],
+    sb: &'a [f32],
+    t: &'a [f32],
+    tb: &'a [f32],
+    target: i64,
+}
+
 /// One row of the forward pass: `[kl, ce, sq]` and the constants the backward pass needs.
 #[inline(always)]
-fn forward_row(s: &[f32], sb: &[f32], t: &[f32], tb: &[f32], target: i64, inv_t: f32) -> ([f32; 3], RowStats) {
+fn forward_row(row: Row, inv_t: f32) -> ([f32; 3], RowStats) {
+    let Row { s, sb, t, tb, target } = row;
     let (s1_max, t1_max) = (max_of(s, sb), max_of(t, tb));
     // max(x / T) = max(x) / T for T > 0.
     let (s_max, t_max) = (s1_max * inv_t, t1_max * inv_t);
@@ -138,18 +150,8 @@ fn forward_row(s: &[f32], sb: &[f32], t: &[f32], tb: &[f32], target: i64, inv_t:
 /// One row of the backward pass: the gradient with respect to the student's logits, given the
 /// weights `[w_kl, w_ce, w_sq]` of the row's three values in the final loss.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn backward_row(
-    g: &mut [f32],
-    s: &[f32],
-    sb: &[f32],
-    t: &[f32],
-    tb: &[f32],
-    st: RowStats,
-    w: [f32; 3],
-    target: i64,
-    inv_t: f32,
-) {
+fn backward_row(g: &mut [f32], row: Row, st: RowStats, w: [f32; 3], inv_t: f32) {
+    let Row { s, sb, t, tb, target } = row;
     let [w_kl, w_ce, w_sq] = w;
     // d KL / d s_j = (p_s,j − p_t,j) / T;  d ce / d s_j = softmax(s)_j − [j = y];  d sq / d s_j = 2 (s_j − t_j).
     let kl_scale = w_kl * inv_t;
@@ -172,31 +174,13 @@ mod avx2 {
     use super::*;
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn forward_row(
-        s: &[f32],
-        sb: &[f32],
-        t: &[f32],
-        tb: &[f32],
-        target: i64,
-        inv_t: f32,
-    ) -> ([f32; 3], RowStats) {
-        super::forward_row(s, sb, t, tb, target, inv_t)
+    pub unsafe fn forward_row(row: Row, inv_t: f32) -> ([f32; 3], RowStats) {
+        super::forward_row(row, inv_t)
     }
 
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn backward_row(
-        g: &mut [f32],
-        s: &[f32],
-        sb: &[f32],
-        t: &[f32],
-        tb: &[f32],
-        st: RowStats,
-        w: [f32; 3],
-        target: i64,
-        inv_t: f32,
-    ) {
-        super::backward_row(g, s, sb, t, tb, st, w, target, inv_t)
+    pub unsafe fn backward_row(g: &mut [f32], row: Row, st: RowStats, w: [f32; 3], inv_t: f32) {
+        super::backward_row(g, row, st, w, inv_t)
     }
 }
 
@@ -247,13 +231,14 @@ impl CustomOp3 for VocabLoss {
             .zip(teacher.par_chunks(vocab))
             .zip(self.targets.par_iter())
             .map(|((s, t), &target)| {
+                let row = Row { s, sb: bias, t, tb, target };
                 #[cfg(target_arch = "x86_64")]
                 if avx2 {
                     // SAFETY: the CPU has AVX2 and FMA (checked above).
-                    return unsafe { avx2::forward_row(s, bias, t, tb, target, inv_t) };
+                    return unsafe { avx2::forward_row(row, inv_t) };
                 }
                 let _ = avx2;
-                forward_row(s, bias, t, tb, target, inv_t)
+                forward_row(row, inv_t)
             })
             .collect();
         let mut out = Vec::with_capacity(rows * 3);
@@ -288,14 +273,14 @@ impl CustomOp3 for VocabLoss {
                     out.par_chunks_mut(vocab).enumerate().for_each(|(i, g)| {
                         let (s, t) = (&s[i * vocab..(i + 1) * vocab], &t[i * vocab..(i + 1) * vocab]);
                         let w = [weights[3 * i], weights[3 * i + 1], weights[3 * i + 2]];
-                        let target = self.targets[i];
+                        let row = Row { s, sb, t, tb, target: self.targets[i] };
                         #[cfg(target_arch = "x86_64")]
                         if avx2 {
                             // SAFETY: the CPU has AVX2 and FMA (checked above).
-                            return unsafe { avx2::backward_row(g, s, sb, t, tb, stats[i], w, target, inv_t) };
+                            return unsafe { avx2::backward_row(g, row, stats[i], w, inv_t) };
                         }
                         let _ = avx2;
-                        backward_row(g, s, sb, t, tb, stats[i], w, target, inv_t)
+                        backward_row(g, row, stats[i], w, inv_t)
                     });
                     Ok(())
                 })
