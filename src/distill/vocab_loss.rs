@@ -72,6 +72,7 @@ fn slice_of<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<
 /// register (a float sum is not reassociated otherwise, and would not vectorise).
 const LANES: usize = 8;
 
+#[inline(always)]
 fn max_of(row: &[f32], bias: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; LANES];
     for (r, b) in row.chunks_exact(LANES).zip(bias.chunks_exact(LANES)) {
@@ -103,37 +104,44 @@ fn forward_row(row: Row, inv_t: f32) -> ([f32; 3], RowStats) {
     // max(x / T) = max(x) / T for T > 0.
     let (s_max, t_max) = (s1_max * inv_t, t1_max * inv_t);
     // Sums of exp(s/T − max), exp(t/T − max), exp(t/T − max)·(t − s), (s − t)², exp(s − max):
-    // float32 lanes, moved into float64 every few hundred entries.
+    // one float32 array of lanes each (kept in vector registers), moved into float64 every few
+    // hundred entries.
     let mut total = [0f64; 5];
-    let mut lanes = [[0f32; LANES]; 5];
-    let add = |sj: f32, tj: f32, lanes: &mut [[f32; LANES]; 5], l: usize| {
-        let et = fast_exp(tj * inv_t - t_max);
-        lanes[0][l] += fast_exp(sj * inv_t - s_max);
-        lanes[1][l] += et;
-        lanes[2][l] += et * (tj - sj);
-        lanes[3][l] += (sj - tj) * (sj - tj);
-        lanes[4][l] += fast_exp(sj - s1_max);
-    };
-    let flush = |lanes: &mut [[f32; LANES]; 5], total: &mut [f64; 5]| {
-        for (t, lane) in total.iter_mut().zip(lanes.iter_mut()) {
+    let (mut a_s, mut a_t, mut a_w, mut a_q, mut a_1) =
+        ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let flush = |lanes: [&mut [f32; LANES]; 5], total: &mut [f64; 5]| {
+        for (t, lane) in total.iter_mut().zip(lanes) {
             *t += lane.iter().map(|&x| x as f64).sum::<f64>();
             *lane = [0.0; LANES];
         }
     };
-    let chunks =
-        s.chunks_exact(LANES).zip(sb.chunks_exact(LANES)).zip(t.chunks_exact(LANES).zip(tb.chunks_exact(LANES)));
-    for (c, ((s8, sb8), (t8, tb8))) in chunks.enumerate() {
+    let n = s.len() - s.len() % LANES;
+    for (c, start) in (0..n).step_by(LANES).enumerate() {
+        let lane = |x: &[f32]| -> [f32; LANES] { x[start..start + LANES].try_into().unwrap() };
+        let (s8, sb8, t8, tb8) = (lane(s), lane(sb), lane(t), lane(tb));
         for l in 0..LANES {
-            add(s8[l] + sb8[l], t8[l] + tb8[l], &mut lanes, l);
+            let (sj, tj) = (s8[l] + sb8[l], t8[l] + tb8[l]);
+            let et = fast_exp(tj * inv_t - t_max);
+            a_s[l] += fast_exp(sj * inv_t - s_max);
+            a_t[l] += et;
+            a_w[l] += et * (tj - sj);
+            a_q[l] += (sj - tj) * (sj - tj);
+            a_1[l] += fast_exp(sj - s1_max);
         }
         if c % 32 == 31 {
-            flush(&mut lanes, &mut total);
+            flush([&mut a_s, &mut a_t, &mut a_w, &mut a_q, &mut a_1], &mut total);
         }
     }
-    for j in s.len() - s.len() % LANES..s.len() {
-        add(s[j] + sb[j], t[j] + tb[j], &mut lanes, 0);
+    for j in n..s.len() {
+        let (sj, tj) = (s[j] + sb[j], t[j] + tb[j]);
+        let et = fast_exp(tj * inv_t - t_max);
+        a_s[0] += fast_exp(sj * inv_t - s_max);
+        a_t[0] += et;
+        a_w[0] += et * (tj - sj);
+        a_q[0] += (sj - tj) * (sj - tj);
+        a_1[0] += fast_exp(sj - s1_max);
     }
-    flush(&mut lanes, &mut total);
+    flush([&mut a_s, &mut a_t, &mut a_w, &mut a_q, &mut a_1], &mut total);
     let [s_sum, t_sum, weighted, sq, s1_sum] = total;
     // KL = Σ p_t (t/T − s/T) − log Z_t + log Z_s, with log Z = max + log Σ exp(x/T − max).
     let kl = weighted / t_sum * inv_t as f64 - (t_max as f64 + t_sum.ln()) + (s_max as f64 + s_sum.ln());
