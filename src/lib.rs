@@ -5,10 +5,12 @@
 //! - [`infer`]: what a trained encoder is used for (fill-mask, embeddings, raw outputs).
 //! - [`distill`]: the student built from the teacher, and the distillation losses.
 //! - [`train`]: optimiser, schedule and the training run.
+//! - [`eval`]: held-out MLM quality, classification, speed, and run reports.
 //! - [`rng`]: the seedable generator behind dropout and masking.
 
 pub mod corpus;
 pub mod distill;
+pub mod eval;
 pub mod infer;
 pub mod memory;
 pub mod model;
