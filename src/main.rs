@@ -15,6 +15,9 @@ use distil::corpus::cli::CorpusCommand;
 use distil::distill::check::batch_loss;
 use distil::distill::loss::LossConfig;
 use distil::distill::student::{init_student, spread_layers, StudentArch};
+use distil::distill::teacher_head::{fit_head, FitHeadOptions};
+use distil::eval::mlm::HeldoutOptions;
+use distil::eval::results::write_json;
 use distil::infer::{self, BatchJson, Pooling};
 use distil::model::checkpoint::{self, write_atomic};
 use distil::model::{Checkpoint, ParameterCounts, TextTokenizer};
@@ -68,6 +71,12 @@ enum Command {
     /// Build a student from a teacher: fewer layers, initialised from the teacher's.
     #[command(subcommand)]
     Student(StudentCommand),
+    /// Prepare a teacher: give an encoder without an MLM head (a sentence-embedding model) a trained one.
+    #[command(subcommand)]
+    Teacher(TeacherCommand),
+    /// Measure a model: held-out masked-word quality and agreement with its teacher.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Tokenised corpora: build one from text, describe it, sample it (with masking).
     #[command(subcommand)]
     Corpus(CorpusCommand),
@@ -147,6 +156,67 @@ enum StudentCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum TeacherCommand {
+    /// Train BERT's MLM head (transform, LayerNorm, output bias; decoder tied to the word
+    /// embeddings) on the frozen encoder's outputs at masked positions of a corpus, until
+    /// held-out top-1 accuracy stops improving. Writes an ordinary masked-LM checkpoint, plus
+    /// `fit-head.json` with the accuracy per epoch.
+    FitHead {
+        /// Encoder without an MLM head (e.g. assets/all-MiniLM-L6-v2).
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Corpus built with the teacher's tokenizer (`distil corpus build`); its held-out split scores the head.
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Output folder for the teacher with its head.
+        #[arg(long)]
+        out: PathBuf,
+        /// Masked training positions to encode once (from the start of a shuffled pass over the train split).
+        #[arg(long, default_value_t = FitHeadOptions::default().rows)]
+        rows: usize,
+        #[arg(long, default_value_t = FitHeadOptions::default().lr)]
+        lr: f64,
+        #[arg(long, default_value_t = FitHeadOptions::default().max_epochs)]
+        max_epochs: usize,
+        /// Stop after this many epochs without a better held-out top-1.
+        #[arg(long, default_value_t = FitHeadOptions::default().patience)]
+        patience: usize,
+        #[arg(long, default_value_t = FitHeadOptions::default().seed)]
+        seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Held-out MLM loss, perplexity, top-1 and top-5 accuracy on a corpus's held-out split,
+    /// masked with a fixed seed (15% of tokens, chosen uniformly, 80/10/10); with --teacher
+    /// also the model's agreement with it: top-1 match at the masked positions, mean KL at
+    /// T = 1 and mean cosine of the last hidden states over all real tokens.
+    Mlm {
+        /// Model with an MLM head.
+        #[arg(long)]
+        model: PathBuf,
+        /// Corpus built with the model's tokenizer.
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Teacher to measure agreement with (same tokenizer).
+        #[arg(long)]
+        teacher: Option<PathBuf>,
+        /// Score at most this many held-out sequences (default: all).
+        #[arg(long)]
+        sequences: Option<usize>,
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// Masking seed: the same seed scores two models on the same targets.
+        #[arg(long, default_value_t = HeldoutOptions::default().seed)]
+        seed: u64,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
 fn main() -> ExitCode {
     distil::memory::keep_freed_memory();
     let cli = Cli::parse();
@@ -188,6 +258,50 @@ fn run(command: Command) -> Result<()> {
             write_embeddings(&vectors, out.as_deref())
         }
         Command::Corpus(command) => distil::corpus::cli::run(command),
+        Command::Teacher(TeacherCommand::FitHead { teacher, corpus, out, rows, lr, max_epochs, patience, seed }) => {
+            let options = FitHeadOptions { rows, lr, max_epochs, patience, seed, ..FitHeadOptions::default() };
+            let report = fit_head(&teacher, &corpus, &out, &options)?;
+            let best = report.best();
+            println!("teacher     {} with a fitted MLM head", out.display());
+            println!("rows        {} training, {} held-out masked positions", report.train_rows, report.heldout_rows);
+            println!(
+                "held-out    top-1 {:.2}%, top-5 {:.2}%, loss {:.4} (epoch {} of {}; unigram prior alone: top-1 {:.2}%)",
+                100.0 * best.heldout_top1,
+                100.0 * best.heldout_top5,
+                best.heldout_loss,
+                report.best_epoch,
+                report.epochs.len(),
+                100.0 * report.prior_top1
+            );
+            println!("time        {:.0} s", report.seconds);
+            Ok(())
+        }
+        Command::Eval(EvalCommand::Mlm { model, corpus, teacher, sequences, batch_size, seed, out }) => {
+            let options = HeldoutOptions { sequences, batch_size, seed, ..HeldoutOptions::default() };
+            let r = distil::eval::mlm::evaluate(&model, &corpus, teacher.as_deref(), &options)?;
+            println!("model       {}", r.model);
+            println!("held-out    {} sequences, {} masked targets (seed {})", r.sequences, r.targets, r.seed);
+            println!(
+                "MLM         loss {:.4}, perplexity {:.2}, top-1 {:.2}%, top-5 {:.2}%",
+                r.loss,
+                r.perplexity,
+                100.0 * r.top1,
+                100.0 * r.top5
+            );
+            if let Some(a) = &r.agreement {
+                println!(
+                    "agreement   with {}: top-1 match {:.2}%, KL {:.4}, hidden cosine {:.4}",
+                    a.teacher,
+                    100.0 * a.top1_match,
+                    a.kl,
+                    a.hidden_cosine
+                );
+            }
+            if let Some(path) = out {
+                write_json(&path, &r)?;
+            }
+            Ok(())
+        }
         Command::Student(StudentCommand::Init { teacher, layers, num_layers, arch, out }) => {
             let teacher_ckpt = Checkpoint::load(&teacher, &device)?;
             let n = teacher_ckpt.config.num_layers;

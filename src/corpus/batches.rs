@@ -174,18 +174,11 @@ impl Batcher {
     }
 }
 
-/// Fisher–Yates, from our seedable generator.
-pub(crate) fn shuffle<T>(items: &mut [T], rng: &mut Rng) {
-    for i in (1..items.len()).rev() {
-        items.swap(i, rng.below(i as u64 + 1) as usize);
-    }
-}
-
 /// The whole world's batches of one epoch, in the order they are dealt to ranks.
 pub fn epoch_batches(lengths: &[u32], size: BatchSize, seed: u64, epoch: u64) -> Vec<Vec<u32>> {
     let mut rng = Rng::new(Rng::new(seed).next_u64() ^ epoch);
     let mut order: Vec<u32> = (0..lengths.len() as u32).collect();
-    shuffle(&mut order, &mut rng);
+    rng.shuffle(&mut order);
 
     // A stable counting sort by bin keeps the random order within each bin.
     let bin = |i: u32| (lengths[i as usize] / LENGTH_BIN) as usize;
@@ -216,7 +209,7 @@ pub fn epoch_batches(lengths: &[u32], size: BatchSize, seed: u64, epoch: u64) ->
         longest = longest.max(len);
     }
     batches.push(batch);
-    shuffle(&mut batches, &mut rng);
+    rng.shuffle(&mut batches);
     batches
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::batches::{pad, shuffle};
+use super::batches::pad;
 use super::manifest::{Manifest, Split};
 use super::masking::{Masker, MaskingConfig, IGNORE};
 use super::shards::Corpus;
@@ -114,7 +114,7 @@ pub fn sample(dir: &Path, split: Split, n: usize, seed: u64, masking: Option<Mas
     anyhow::ensure!(!corpus.is_empty(), "corpus {} has no {} sequences", dir.display(), split.name());
     let mut rng = Rng::new(seed);
     let mut picks = distinct(n.min(corpus.len()), corpus.len(), &mut rng);
-    shuffle(&mut picks, &mut rng);
+    rng.shuffle(&mut picks);
     let seqs: Vec<Vec<u32>> = picks.iter().map(|&i| corpus.sequence(i)).collect();
     let mut out = String::new();
     let masked = match masking {

@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::vocab_loss::vocab_loss;
+use crate::model::ops::gather_rows;
 use crate::model::Encoder;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,12 +134,6 @@ impl Rows {
     }
 }
 
-fn gather(hidden: &Tensor, rows: &[u32]) -> Result<Tensor> {
-    let (b, s, h) = hidden.dims3()?;
-    let index = Tensor::new(rows, hidden.device())?;
-    Ok(hidden.reshape((b * s, h))?.index_select(&index, 0)?)
-}
-
 fn zero(device: &Device) -> Result<Tensor> {
     Ok(Tensor::new(0f32, device)?)
 }
@@ -166,8 +161,8 @@ pub fn distillation_loss(
     let teacher_last = teacher_last.detach();
     let (mut ce, mut mlm, mut mse) = (zero(device)?, zero(device)?, zero(device)?);
     if !rows.selected.is_empty() {
-        let (s_logits, s_bias) = student.mlm_head()?.unbiased_logits(&gather(student_last, &rows.selected)?)?;
-        let (t_logits, t_bias) = teacher.mlm_head()?.unbiased_logits(&gather(&teacher_last, &rows.selected)?)?;
+        let (s_logits, s_bias) = student.mlm_head()?.unbiased_logits(&gather_rows(student_last, &rows.selected)?)?;
+        let (t_logits, t_bias) = teacher.mlm_head()?.unbiased_logits(&gather_rows(&teacher_last, &rows.selected)?)?;
         let per_row = vocab_loss(&s_logits, &s_bias, &t_logits.detach(), &t_bias, &rows.targets, cfg.temperature)?;
         let n = rows.selected.len() as f64;
         let t2 = cfg.temperature * cfg.temperature;
@@ -180,7 +175,7 @@ pub fn distillation_loss(
     let cos = if rows.real.is_empty() {
         zero(device)?
     } else {
-        cosine_loss(&gather(student_last, &rows.real)?, &gather(&teacher_last, &rows.real)?)?
+        cosine_loss(&gather_rows(student_last, &rows.real)?, &gather_rows(&teacher_last, &rows.real)?)?
     };
     let total = ((&ce * cfg.alpha_ce)? + (&mlm * cfg.alpha_mlm)? + (&cos * cfg.alpha_cos)? + (&mse * cfg.alpha_mse)?)?;
     Ok(LossParts { ce, mlm, cos, mse, total })
@@ -199,7 +194,7 @@ pub fn mlm_loss(
     let mlm = if rows.selected.is_empty() {
         zero(device)?
     } else {
-        let (logits, bias) = model.mlm_head()?.unbiased_logits(&gather(last_hidden, &rows.selected)?)?;
+        let (logits, bias) = model.mlm_head()?.unbiased_logits(&gather_rows(last_hidden, &rows.selected)?)?;
         // The fused op wants a second set of logits; the model's own, detached, cost one extra
         // exponential per entry and contribute nothing (their KL term has weight 0).
         let per_row = vocab_loss(&logits, &bias, &logits.detach(), &bias, &rows.targets, 1.0)?;

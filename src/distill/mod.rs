@@ -3,4 +3,5 @@
 pub mod check;
 pub mod loss;
 pub mod student;
+pub mod teacher_head;
 pub mod vocab_loss;

@@ -1,4 +1,5 @@
 //! Measuring what a model kept: masked-word quality, downstream classification, speed, and the
 //! report that puts a run's numbers side by side.
 
+pub mod mlm;
 pub mod results;

@@ -25,6 +25,13 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     y.reshape(out_dims)
 }
 
+/// The rows `rows` of a (batch, sequence, hidden) tensor, flattened to (rows, hidden).
+pub fn gather_rows(hidden: &Tensor, rows: &[u32]) -> Result<Tensor> {
+    let (b, s, h) = hidden.dims3()?;
+    let index = Tensor::new(rows, hidden.device())?;
+    hidden.reshape((b * s, h))?.index_select(&index, 0)
+}
+
 /// LayerNorm over the last dimension, with a biased variance as PyTorch computes it: the fused
 /// kernel on the CPU, the composite form elsewhere.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {

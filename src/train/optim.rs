@@ -167,6 +167,21 @@ impl AdamW {
     }
 }
 
+/// Backpropagates `loss` and adds each variable's gradient into `sum` (micro-batches add up).
+pub fn add_gradients(sum: &mut Gradients, vars: &BTreeMap<String, Var>, loss: &Tensor) -> Result<()> {
+    let store = loss.backward()?;
+    for (name, var) in vars {
+        if let Some(g) = store.get(var) {
+            let total = match sum.remove(name) {
+                Some(s) => (s + g)?,
+                None => g.clone(),
+            };
+            sum.insert(name.clone(), total);
+        }
+    }
+    Ok(())
+}
+
 /// The global L2 norm of the gradients, accumulated in float64.
 pub fn grad_norm(grads: &Gradients) -> Result<f64> {
     let mut sum = 0f64;

@@ -9,19 +9,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor, Var};
+use candle_core::{Device, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self as run_checkpoint, RunState};
 use super::config::RunConfig;
 use super::metrics::{EvalRecord, MetricsLog, Record, StepRecord};
-use super::optim::{clip_scale, grad_norm, AdamW, Gradients};
+use super::optim::{add_gradients, clip_scale, grad_norm, AdamW, Gradients};
 use super::schedule::LinearSchedule;
 use crate::corpus::batches::{pad, BatchSize, Batcher};
 use crate::corpus::masking::{MaskedBatch, Masker};
 use crate::corpus::shards::{Corpus, Split};
 use crate::distill::loss::{distillation_loss, mlm_loss, LossConfig, LossParts, LossValues, Rows};
 use crate::distill::student::check_pair;
+use crate::eval::mlm::score_batches;
 use crate::model::encoder::init_weights;
 use crate::model::{checkpoint, Checkpoint, Encoder, EncoderInput, ModelConfig, TextTokenizer, Weights};
 use crate::rng::Rng;
@@ -136,50 +137,15 @@ fn evaluate(
     batches: &[MaskedBatch],
     device: &Device,
 ) -> Result<EvalRecord> {
-    let at_t1 = LossConfig { temperature: 1.0, ..LossConfig::default() };
-    let (mut mlm, mut kl, mut cos, mut weight) = (0.0, 0.0, 0.0, 0.0);
-    let (mut correct, mut targets) = (0usize, 0usize);
-    for batch in batches {
-        let parts = batch_loss(&at_t1, student, teacher, batch, None, device)?.values()?;
-        let rows = Rows::new(&batch.attention_mask, &batch.labels, true)?;
-        if rows.num_targets == 0 {
-            continue;
-        }
-        let n = rows.num_targets as f64;
-        mlm += parts.mlm * n;
-        kl += parts.ce * n;
-        cos += (1.0 - parts.cos) * n;
-        weight += n;
-        let input = model_input(&student.config, batch, device)?;
-        let last = student.model.forward(&input, None)?.pop().unwrap();
-        let (b, s, h) = last.dims3()?;
-        let selected = last.reshape((b * s, h))?.index_select(&Tensor::new(rows.selected.as_slice(), device)?, 0)?;
-        let predicted: Vec<u32> = student.model.logits(&selected)?.argmax(1)?.to_vec1()?;
-        correct += predicted.iter().zip(&rows.targets).filter(|(&p, &t)| p as i64 == t).count();
-        targets += rows.num_targets;
-    }
-    let mean = |x: f64| if weight > 0.0 { x / weight } else { f64::NAN };
+    let tally = score_batches(&student.model, teacher, batches, device, None)?;
+    let or_nan = |x: f64| if tally.targets > 0 { x } else { f64::NAN };
     Ok(EvalRecord {
         step,
-        mlm_loss: mean(mlm),
-        mlm_accuracy: if targets > 0 { correct as f64 / targets as f64 } else { f64::NAN },
-        kl: teacher.map(|_| mean(kl)),
-        cosine: teacher.map(|_| mean(cos)),
+        mlm_loss: or_nan(tally.loss()),
+        mlm_accuracy: or_nan(tally.top1()),
+        kl: teacher.map(|_| tally.kl()),
+        cosine: teacher.map(|_| tally.cosine()),
     })
-}
-
-fn add_gradients(sum: &mut Gradients, vars: &BTreeMap<String, Var>, loss: &Tensor) -> Result<()> {
-    let store = loss.backward()?;
-    for (name, var) in vars {
-        if let Some(g) = store.get(var) {
-            let total = match sum.remove(name) {
-                Some(s) => (s + g)?,
-                None => g.clone(),
-            };
-            sum.insert(name.clone(), total);
-        }
-    }
-    Ok(())
 }
 
 fn progress_bar(total: u64, start: u64) -> ProgressBar {
