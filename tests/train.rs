@@ -174,6 +174,31 @@ fn a_stopped_and_resumed_run_equals_an_unbroken_one() {
 }
 
 /// Runs distil and expects a one-line error containing each of `words`.
+#[test]
+fn frozen_layers_keep_their_weights_while_the_top_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let corpus = build_corpus(root);
+    let model = random_teacher(&root.join("model"), 0.0);
+    let out = root.join("run");
+    let mut config = run_config(None, &model, &corpus, &out, 3, 1e-3);
+    config.optim.frozen_layers = 1;
+    train(&config, &TrainOptions::default()).unwrap();
+    let before = Checkpoint::load(&model, &Device::Cpu).unwrap().weights;
+    let after = Checkpoint::load(&out.join("student"), &Device::Cpu).unwrap().weights;
+    for (name, b) in &before {
+        let a = &after[name];
+        let same = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() == 0.0;
+        let frozen = name.starts_with("embeddings.") || name.starts_with("layers.0.");
+        // LayerNorm biases of the top may legitimately stay put only if their gradient is zero; they are not.
+        assert_eq!(same, frozen, "{name}: frozen {frozen}, unchanged {same}");
+    }
+    let mut too_many = run_config(None, &model, &corpus, &root.join("run2"), 1, 1e-3);
+    too_many.optim.frozen_layers = 3;
+    let err = train(&too_many, &TrainOptions::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("frozen_layers"), "{err:#}");
+}
+
 fn fails_with(args: &[&str], words: &[&str]) {
     let out = std::process::Command::new(distil_bin()).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

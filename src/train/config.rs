@@ -46,11 +46,14 @@ pub struct OptimConfig {
     pub warmup: f64,
     /// Clip the global gradient norm to this (0: no clipping).
     pub clip_grad_norm: f64,
+    /// Keep the embeddings and this many bottom layers as they are (0: train everything), e.g.
+    /// to continue a teacher's MLM training in its top layers only.
+    pub frozen_layers: usize,
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        OptimConfig { adamw: AdamWConfig::default(), warmup: 0.05, clip_grad_norm: 5.0 }
+        OptimConfig { adamw: AdamWConfig::default(), warmup: 0.05, clip_grad_norm: 5.0, frozen_layers: 0 }
     }
 }
 

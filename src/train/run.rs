@@ -48,23 +48,39 @@ pub struct RunOutcome {
     pub last_eval: Option<EvalRecord>,
 }
 
-/// The student's weights as variables, and the model built over them.
+/// The student's trainable weights as variables, its frozen ones as plain tensors, and the
+/// model built over both.
 struct Student {
     config: ModelConfig,
     vars: BTreeMap<String, Var>,
+    frozen: Weights,
     model: Encoder,
 }
 
 impl Student {
-    fn new(config: ModelConfig, weights: &Weights) -> Result<Self> {
+    /// `frozen_layers` > 0 keeps the embeddings and the bottom layers out of training.
+    fn new(config: ModelConfig, weights: &Weights, frozen_layers: usize) -> Result<Self> {
+        if frozen_layers > config.num_layers {
+            bail!("optim.frozen_layers is {frozen_layers}; the student has only {} layers", config.num_layers);
+        }
+        let is_frozen = |name: &str| {
+            frozen_layers > 0
+                && (name.starts_with("embeddings.")
+                    || (0..frozen_layers).any(|l| name.starts_with(&format!("layers.{l}."))))
+        };
+        let (frozen, trainable): (Weights, Weights) = weights.clone().into_iter().partition(|(k, _)| is_frozen(k));
         let vars: BTreeMap<String, Var> =
-            weights.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<Result<_>>()?;
-        let model = Encoder::new(&config, &vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())?;
-        Ok(Student { config, vars, model })
+            trainable.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<Result<_>>()?;
+        let mut all = frozen.clone();
+        all.extend(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
+        let model = Encoder::new(&config, &all)?;
+        Ok(Student { config, vars, frozen, model })
     }
 
     fn weights(&self) -> Weights {
-        self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+        let mut all = self.frozen.clone();
+        all.extend(self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())));
+        all
     }
 
     fn set_weights(&self, weights: &Weights) -> Result<()> {
@@ -204,7 +220,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
         );
     }
 
-    let student = Student::new(student_config, &initial)?;
+    let student = Student::new(student_config, &initial, config.optim.frozen_layers)?;
     let batch_size = if config.batch.tokens > 0 {
         BatchSize::Tokens(config.batch.tokens)
     } else {
