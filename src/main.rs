@@ -116,9 +116,10 @@ enum Command {
         #[arg(long)]
         stop_after: Option<u64>,
     },
-    /// Size and CPU speed of models on the same sentences: parameters by part, batch-1 latency
-    /// (one sentence at a time, tokenisation included, as in the DistilBERT paper) and batch-32
-    /// throughput, with each model's speed-up against the first.
+    /// Size and CPU speed of models on the same sentences.
+    ///
+    /// Parameters by part, batch-1 latency (one sentence at a time, tokenisation included, as in
+    /// the DistilBERT paper) and batch-32 throughput, with each model's speed-up against the first.
     Bench {
         /// Model directory; repeat to compare (put the teacher first: speed-ups are against it).
         #[arg(long = "model", value_name = "DIR", required = true)]
@@ -137,8 +138,10 @@ enum Command {
         #[arg(long, value_name = "RESULT.json")]
         out: Option<PathBuf>,
     },
-    /// Write a Markdown report of a run folder with PNG charts: teacher vs student (size, speed,
-    /// MLM quality, agreement, sentiment accuracy), the run's settings and loss curves. Reads
+    /// Write a Markdown report of a run folder, with PNG charts.
+    ///
+    /// Teacher vs student (size, speed, MLM quality, agreement, sentiment accuracy), the run's
+    /// settings and loss curves, and optional comparison runs. Reads
     /// RUN_DIR/run.toml, metrics.jsonl and eval/*.json; missing inputs are listed as "not measured".
     Report {
         /// Training run folder (from `distil train`).

@@ -144,6 +144,9 @@ pub fn write_report(options: &ReportOptions) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// One number of a logged step.
+type StepValue = fn(&StepRecord) -> f64;
+
 /// A chart that was drawn: its file name in the report folder and its caption.
 struct Chart {
     file: &'static str,
@@ -158,7 +161,7 @@ fn draw_charts(run: &Run, out: &Path) -> Result<Vec<Chart>> {
             points: run.steps.iter().map(|s| (s.step as f64, f(s))).collect(),
         };
         let mut panels = Vec::new();
-        let components: [(&str, &str, fn(&StepRecord) -> f64); 4] = [
+        let components: [(&str, &str, StepValue); 4] = [
             ("L_ce", "KL to the teacher (x T²)", |s| s.loss.ce),
             ("L_mlm", "masked-word cross-entropy", |s| s.loss.mlm),
             ("L_cos", "1 - cosine of hidden states", |s| s.loss.cos),
