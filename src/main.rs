@@ -18,6 +18,7 @@ use distil::distill::student::{init_student, spread_layers, StudentArch};
 use distil::distill::teacher_head::{fit_head, FitHeadOptions};
 use distil::eval::mlm::HeldoutOptions;
 use distil::eval::results::write_json;
+use distil::eval::{bench, report};
 use distil::infer::{self, BatchJson, Pooling};
 use distil::model::checkpoint::{self, write_atomic};
 use distil::model::{Checkpoint, ParameterCounts, TextTokenizer};
@@ -122,6 +123,43 @@ enum Command {
         /// Stop after this step with a checkpoint, as Ctrl-C would.
         #[arg(long)]
         stop_after: Option<u64>,
+    },
+    /// Size and CPU speed of models on the same sentences.
+    ///
+    /// Parameters by part, batch-1 latency (one sentence at a time, tokenisation included, as in
+    /// the DistilBERT paper) and batch-32 throughput, with each model's speed-up against the first.
+    Bench {
+        /// Model directory; repeat to compare (put the teacher first: speed-ups are against it).
+        #[arg(long = "model", value_name = "DIR", required = true)]
+        models: Vec<PathBuf>,
+        /// Text file with one sentence per line (blank lines skipped).
+        #[arg(long, value_name = "FILE")]
+        texts: PathBuf,
+        /// Timed passes per model, after one warm-up pass; the report gives medians.
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Threads for the matrix products (sizes rayon's pool; default: candle's choice, the
+        /// physical cores or RAYON_NUM_THREADS). The number used is printed and saved.
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Write the result as JSON (what `distil report` reads as eval/bench.json).
+        #[arg(long, value_name = "RESULT.json")]
+        out: Option<PathBuf>,
+    },
+    /// Write a Markdown report of a run folder, with PNG charts.
+    ///
+    /// Teacher vs student (size, speed, MLM quality, agreement, sentiment accuracy), the run's
+    /// settings and loss curves, and optional comparison runs. Reads
+    /// RUN_DIR/run.toml, metrics.jsonl and eval/*.json; missing inputs are listed as "not measured".
+    Report {
+        /// Training run folder (from `distil train`).
+        run_dir: PathBuf,
+        /// Another run for the comparison table, e.g. --compare "KL only=runs/kl-only" (repeatable).
+        #[arg(long, value_name = "LABEL=RUN_DIR", value_parser = parse_compare)]
+        compare: Vec<(String, PathBuf)>,
+        /// Output folder (default: RUN_DIR/report).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Run one padded batch through the model and save every output as safetensors
     /// (hidden_states.{i}, last_hidden_state, logits): for parity checks against other code.
@@ -380,6 +418,25 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bench { models, texts, repeats, threads, out } => {
+            let threads = bench::configure_threads(threads)?;
+            let texts = bench::TextSource::File(texts).load()?;
+            let result = bench::bench(&models, &texts, &bench::BenchOptions { repeats }, threads)?;
+            print!("{}", bench::format_table(&result));
+            if let Some(path) = out {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                write_json(&path, &result)?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Report { run_dir, compare, out } => {
+            let path = report::write_report(&report::ReportOptions { run_dir, compare, out })?;
+            println!("{}", path.display());
+            Ok(())
+        }
         Command::Forward { model, input, out } => {
             let (_, encoder) = infer::load_encoder(&model, &device)?;
             let batch = BatchJson::read(&input)?;
@@ -519,4 +576,8 @@ fn npy_f32(rows: &[Vec<f32>]) -> Vec<u8> {
         out.extend(v.to_le_bytes());
     }
     out
+}
+
+fn parse_compare(s: &str) -> Result<(String, PathBuf)> {
+    report::parse_compare(s)
 }

@@ -1,5 +1,8 @@
 //! Measuring what a model kept: masked-word quality, downstream classification, speed, and the
 //! report that puts a run's numbers side by side.
 
+pub mod bench;
+pub mod charts;
 pub mod mlm;
+pub mod report;
 pub mod results;

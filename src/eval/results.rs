@@ -55,6 +55,26 @@ impl Summary {
         let var = if runs.len() > 1 { runs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
         Summary { mean, std: var.sqrt(), runs }
     }
+
+    /// Median of the runs (what `distil bench` reports for its repeats); NaN with no runs.
+    pub fn median(&self) -> f64 {
+        median(&self.runs)
+    }
+}
+
+/// Median of a list (mean of the middle two for an even count); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
 }
 
 /// Downstream classification (`distil eval classify`).
@@ -131,5 +151,13 @@ mod tests {
         assert_eq!(s.mean, 2.0);
         assert!((s.std - 1.0).abs() < 1e-12);
         assert_eq!(Summary::of(vec![0.5]).std, 0.0);
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(Summary::of(vec![5.0, 1.0, 2.0]).median(), 2.0);
     }
 }
