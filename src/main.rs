@@ -16,8 +16,10 @@ use distil::distill::check::batch_loss;
 use distil::distill::loss::LossConfig;
 use distil::distill::student::{init_student, spread_layers, StudentArch};
 use distil::distill::teacher_head::{fit_head, FitHeadOptions};
+use distil::eval::classify::{classify, ClassifyOptions, Mode};
+use distil::eval::data;
 use distil::eval::mlm::HeldoutOptions;
-use distil::eval::results::write_json;
+use distil::eval::results::{write_json, Summary};
 use distil::eval::{bench, report};
 use distil::infer::{self, BatchJson, Pooling};
 use distil::model::checkpoint::{self, write_atomic};
@@ -253,6 +255,68 @@ enum EvalCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Accuracy and macro-F1 on a labelled text task, by a linear probe on frozen embeddings or by
+    /// fine-tuning the whole model with its family's sequence-classification head.
+    Classify(ClassifyArgs),
+}
+
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    /// Model directory (Hugging Face checkpoint with a tokenizer).
+    #[arg(long)]
+    model: PathBuf,
+    /// A built-in task: `rt-sentiment` (Rotten Tomatoes snippets; scripts/fetch_assets.sh fetches them).
+    #[arg(long, value_enum, required_unless_present = "train", conflicts_with_all = ["train", "test"])]
+    task: Option<Task>,
+    /// Folder of the rt-sentiment data.
+    #[arg(long, default_value = data::RT_DEFAULT_DIR)]
+    task_dir: PathBuf,
+    /// Training file: .csv (with a header line) or .jsonl.
+    #[arg(long, requires = "test")]
+    train: Option<PathBuf>,
+    /// Test file, in the same format and with the same columns as --train.
+    #[arg(long, requires = "train")]
+    test: Option<PathBuf>,
+    /// Column (CSV) or field (JSON lines) holding the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// Column or field holding the label (any strings; the classes are the training labels).
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    #[arg(long, value_enum, default_value_t = Mode::Probe)]
+    mode: Mode,
+    /// Number of seeds (0, 1, …): each draws the initialisation, batch order and dropout.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Fine-tuning: passes over the training data.
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// Fine-tuning: peak learning rate (linear warmup over 10% of the steps, then linear decay).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Texts per batch (fine-tuning steps and embedding passes).
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Tokens per text, start and end tokens included; longer texts are truncated.
+    #[arg(long, default_value_t = 64)]
+    max_len: usize,
+    /// Fine-tuning: AdamW weight decay (none on biases and LayerNorm weights).
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    /// Probe: L2 penalty of the logistic regression (on standardised features).
+    #[arg(long, default_value_t = 1e-3)]
+    l2: f64,
+    /// Fine-tuning: save the first seed's classifier here as a Hugging Face checkpoint.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Task {
+    RtSentiment,
 }
 
 fn main() -> ExitCode {
@@ -437,6 +501,7 @@ fn run(command: Command) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        Command::Eval(EvalCommand::Classify(args)) => eval_classify(args),
         Command::Forward { model, input, out } => {
             let (_, encoder) = infer::load_encoder(&model, &device)?;
             let batch = BatchJson::read(&input)?;
@@ -448,6 +513,72 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn eval_classify(args: ClassifyArgs) -> Result<()> {
+    let source = match (args.task, args.train, args.test) {
+        (Some(Task::RtSentiment), _, _) => data::Source::RtSentiment(args.task_dir),
+        (None, Some(train), Some(test)) => data::Source::Files {
+            train,
+            test,
+            columns: data::Columns { text: args.text_column, label: args.label_column },
+        },
+        _ => bail!("give --task rt-sentiment, or --train FILE --test FILE"),
+    };
+    if args.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let dataset = source.load()?;
+    let options = ClassifyOptions {
+        mode: args.mode,
+        seeds: (0..args.seeds).collect(),
+        max_len: args.max_len,
+        epochs: args.epochs,
+        lr: args.lr,
+        batch_size: args.batch_size,
+        weight_decay: args.weight_decay,
+        l2: args.l2,
+        save: args.save.clone(),
+        ..ClassifyOptions::default()
+    };
+    eprintln!(
+        "{}: {} train, {} test texts, classes {:?}; {} of {}, {} seed(s)",
+        dataset.name,
+        dataset.train.len(),
+        dataset.test.len(),
+        dataset.classes,
+        options.mode.name(),
+        args.model.display(),
+        options.seeds.len()
+    );
+    let result = classify(&args.model, &dataset, &options)?;
+    let runs = |s: &Summary| s.runs.iter().map(|x| format!("{:.2}", 100.0 * x)).collect::<Vec<_>>().join(", ");
+    println!("model       {}", result.model);
+    println!("task        {} ({} classes: {})", result.task, result.classes.len(), result.classes.join(", "));
+    println!("mode        {}", result.mode);
+    println!("sizes       {} train, {} test", result.train_size, result.test_size);
+    println!(
+        "accuracy    {:.2}% ± {:.2} (seeds {:?}: {})",
+        100.0 * result.accuracy.mean,
+        100.0 * result.accuracy.std,
+        result.seeds,
+        runs(&result.accuracy)
+    );
+    println!(
+        "macro-F1    {:.2}% ± {:.2} ({})",
+        100.0 * result.macro_f1.mean,
+        100.0 * result.macro_f1.std,
+        runs(&result.macro_f1)
+    );
+    println!("time        {:.1} s", result.seconds);
+    if let Some(dir) = &args.save {
+        println!("saved       {} (first seed's classifier)", dir.display());
+    }
+    if let Some(path) = &args.out {
+        write_json(path, &result)?;
+        println!("result      {}", path.display());
+    }
+    Ok(())
 }
 
 fn inspect(dir: &Path, device: &Device) -> Result<()> {

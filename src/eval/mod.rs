@@ -3,6 +3,8 @@
 
 pub mod bench;
 pub mod charts;
+pub mod classify;
+pub mod data;
 pub mod mlm;
 pub mod report;
 pub mod results;

@@ -19,7 +19,7 @@ pub const TOKENIZER_FILES: &[&str] =
     &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json", "merges.txt"];
 
 /// The family's name for the base model in keys of a checkpoint with a head.
-fn base_prefix(family: Family) -> &'static str {
+pub fn base_prefix(family: Family) -> &'static str {
     match family {
         Family::Bert => "bert.",
         Family::Roberta => "roberta.",
@@ -178,6 +178,9 @@ pub struct Checkpoint {
     pub weights: Weights,
     pub has_head: bool,
     pub report: LoadReport,
+    /// The known-unused tensors themselves (pooler, task heads), by key without the base
+    /// prefix: a sequence classifier reads its head from here.
+    pub unused: Weights,
 }
 
 /// The weight files of a model directory, in the order transformers prefers them.
@@ -297,11 +300,13 @@ impl Checkpoint {
         let mut unexpected = Vec::new();
         let mut leftovers: Vec<_> = stored.into_iter().collect();
         leftovers.sort_by(|a, b| a.0.cmp(&b.0));
-        for (bare, (_, key, _)) in leftovers {
+        let mut unused = Weights::new();
+        for (bare, (tensor, key, _)) in leftovers {
             if config.tie_word_embeddings && bare == decoder_key {
                 report.tied_duplicates.push(key);
             } else if is_known_unused(&bare) {
                 report.ignored.push(key);
+                unused.insert(bare, tensor.to_dtype(DType::F32)?.to_device(device)?);
             } else {
                 unexpected.push(format!("`{key}`"));
             }
@@ -315,7 +320,7 @@ impl Checkpoint {
                 unexpected.join(", ")
             );
         }
-        Ok(Checkpoint { dir: dir.to_path_buf(), config, weights, has_head, report })
+        Ok(Checkpoint { dir: dir.to_path_buf(), config, weights, has_head, report, unused })
     }
 }
 

@@ -36,6 +36,15 @@ impl Family {
         }
     }
 
+    /// The class transformers instantiates for a sequence classifier.
+    pub fn sequence_classification_class(self) -> &'static str {
+        match self {
+            Family::Bert => "BertForSequenceClassification",
+            Family::Roberta => "RobertaForSequenceClassification",
+            Family::DistilBert => "DistilBertForSequenceClassification",
+        }
+    }
+
     /// The class transformers instantiates for an encoder without head.
     pub fn base_class(self) -> &'static str {
         match self {
