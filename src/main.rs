@@ -135,8 +135,17 @@ enum Command {
         #[arg(long = "model", value_name = "DIR", required = true)]
         models: Vec<PathBuf>,
         /// Text file with one sentence per line (blank lines skipped).
-        #[arg(long, value_name = "FILE")]
-        texts: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "task", conflicts_with = "task")]
+        texts: Option<PathBuf>,
+        /// The test sentences of a built-in task instead: `rt-sentiment`.
+        #[arg(long, value_enum)]
+        task: Option<Task>,
+        /// Folder of the rt-sentiment data.
+        #[arg(long, default_value = data::RT_DEFAULT_DIR)]
+        task_dir: PathBuf,
+        /// Use only the first N sentences.
+        #[arg(long)]
+        limit: Option<usize>,
         /// Timed passes per model, after one warm-up pass; the report gives medians.
         #[arg(long, default_value_t = 5)]
         repeats: usize,
@@ -309,6 +318,9 @@ struct ClassifyArgs {
     /// Fine-tuning: save the first seed's classifier here as a Hugging Face checkpoint.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Use only the first N texts of each split (quick checks).
+    #[arg(long)]
+    limit: Option<usize>,
     /// Write the result as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -482,15 +494,20 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Bench { models, texts, repeats, threads, out } => {
+        Command::Bench { models, texts, task, task_dir, limit, repeats, threads, out } => {
             let threads = bench::configure_threads(threads)?;
-            let texts = bench::TextSource::File(texts).load()?;
+            let source = match (texts, task) {
+                (Some(file), _) => bench::TextSource::File(file),
+                (None, Some(Task::RtSentiment)) => bench::TextSource::RtSentimentTest(task_dir),
+                (None, None) => bail!("give --texts FILE or --task rt-sentiment"),
+            };
+            let mut texts = source.load()?;
+            if let Some(n) = limit {
+                texts.sentences.truncate(n.max(1));
+            }
             let result = bench::bench(&models, &texts, &bench::BenchOptions { repeats }, threads)?;
             print!("{}", bench::format_table(&result));
             if let Some(path) = out {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-                }
                 write_json(&path, &result)?;
                 println!("wrote {}", path.display());
             }
@@ -528,7 +545,10 @@ fn eval_classify(args: ClassifyArgs) -> Result<()> {
     if args.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
-    let dataset = source.load()?;
+    let mut dataset = source.load()?;
+    if let Some(n) = args.limit {
+        dataset = dataset.truncated(n.max(1));
+    }
     let options = ClassifyOptions {
         mode: args.mode,
         seeds: (0..args.seeds).collect(),

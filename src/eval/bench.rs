@@ -27,6 +27,8 @@ pub const THROUGHPUT_BATCH: usize = 32;
 pub enum TextSource {
     /// A text file, one sentence per line; blank lines are skipped.
     File(PathBuf),
+    /// The test sentences of the Rotten Tomatoes sentiment task in this folder.
+    RtSentimentTest(PathBuf),
 }
 
 /// The sentences, and a label saying where they came from (written into the result).
@@ -48,6 +50,10 @@ impl TextSource {
                     bail!("the texts file {} has no sentences (one per line; blank lines are skipped)", path.display());
                 }
                 Ok(Texts { label: path.display().to_string(), sentences })
+            }
+            TextSource::RtSentimentTest(dir) => {
+                let sentences = crate::eval::data::rt_sentiment(dir)?.test.into_iter().map(|e| e.text).collect();
+                Ok(Texts { label: "rt-sentiment test split".to_string(), sentences })
             }
         }
     }

@@ -27,6 +27,15 @@ pub struct Dataset {
     pub test: Vec<Example>,
 }
 
+impl Dataset {
+    /// The first `n` examples of each split (quick runs and tests); the split stays fixed.
+    pub fn truncated(mut self, n: usize) -> Self {
+        self.train.truncate(n);
+        self.test.truncate(n);
+        self
+    }
+}
+
 /// Where `scripts/fetch_assets.sh` puts the Rotten Tomatoes snippets.
 pub const RT_DEFAULT_DIR: &str = "assets/rt-sentiment";
 /// The file of the snippets: `id<TAB>mean score<TAB>sentence`, CRLF line ends.
