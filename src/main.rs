@@ -16,6 +16,7 @@ use distil::distill::check::batch_loss;
 use distil::distill::loss::LossConfig;
 use distil::distill::student::{init_student, spread_layers, StudentArch};
 use distil::distill::teacher_head::{fit_head, FitHeadOptions};
+use distil::distributed::{local_ranks, World};
 use distil::eval::classify::{classify, ClassifyOptions, Mode};
 use distil::eval::data;
 use distil::eval::mlm::HeldoutOptions;
@@ -343,6 +344,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Settings of a rank of a multi-process run, made before any compute thread starts: the
+/// machine's cores shared with the other ranks on it, and a panic that ends the whole job (a
+/// rank that unwound would wait forever for the others in MPI's finalisation).
+fn join_world(world: &World) -> Result<()> {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        distil::threads::configure_threads(Some(distil::threads::share_of_cores(local_ranks())))?;
+    }
+    let (rank, size) = (world.rank(), world.size());
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        eprintln!("rank {rank} of {size} panicked; ending the job");
+        default_hook(info);
+        std::process::abort();
+    }));
+    Ok(())
+}
+
 fn run(command: Command) -> Result<()> {
     let device = Device::Cpu;
     match command {
@@ -475,6 +493,10 @@ fn run(command: Command) -> Result<()> {
                     bail!("--resume {} but the config's run folder is {}", dir.display(), config.out.display());
                 }
             }
+            let world = World::from_launch()?;
+            if world.size() > 1 {
+                join_world(&world)?;
+            }
             let interrupt = Arc::new(AtomicBool::new(false));
             let flag = interrupt.clone();
             ctrlc::set_handler(move || {
@@ -483,8 +505,20 @@ fn run(command: Command) -> Result<()> {
                     std::process::exit(130);
                 }
             })?;
-            let options = TrainOptions { resume: resume.is_some(), stop_after, interrupt: Some(interrupt) };
-            let outcome = train(&config, &options)?;
+            let options =
+                TrainOptions { resume: resume.is_some(), stop_after, interrupt: Some(interrupt), world: world.clone() };
+            let outcome = match train(&config, &options) {
+                Ok(outcome) => outcome,
+                // The other ranks may be waiting for this one: end them all, with the reason.
+                Err(e) if world.size() > 1 => {
+                    eprintln!("error on rank {} of {}: {e:#}", world.rank(), world.size());
+                    world.abort(1)
+                }
+                Err(e) => return Err(e),
+            };
+            if !world.is_leader() {
+                return Ok(());
+            }
             match &outcome.exported {
                 Some(dir) => println!("finished {} steps; student saved to {}", outcome.step, dir.display()),
                 None => println!("stopped after step {} of {}", outcome.step, outcome.total_steps),
@@ -495,7 +529,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Bench { models, texts, task, task_dir, limit, repeats, threads, out } => {
-            let threads = bench::configure_threads(threads)?;
+            let threads = distil::threads::configure_threads(threads)?;
             let source = match (texts, task) {
                 (Some(file), _) => bench::TextSource::File(file),
                 (None, Some(Task::RtSentiment)) => bench::TextSource::RtSentimentTest(task_dir),

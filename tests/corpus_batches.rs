@@ -1,5 +1,5 @@
-//! Reading a corpus back: the memory-mapped reader, length-grouped batches, rank sharding and
-//! resuming from a cursor.
+//! Reading a corpus back: the memory-mapped reader, length-grouped batches, the ranks' parts of
+//! each batch and resuming from a cursor.
 
 mod common;
 mod corpus_support;
@@ -7,7 +7,7 @@ mod corpus_support;
 use std::collections::HashSet;
 
 use corpus_support::*;
-use distil::corpus::batches::{epoch_batches, LENGTH_BIN};
+use distil::corpus::batches::{epoch_batches, rank_part, LENGTH_BIN};
 use distil::corpus::{BatchSize, Batcher, Corpus, Cursor, Split};
 use distil::rng::Rng;
 
@@ -19,13 +19,18 @@ fn synthetic_lengths(n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| 12 + (116.0 * rng.next_f64().powi(3)) as u32).collect()
 }
 
-/// One epoch of every rank, as each would draw it.
+/// One epoch of every rank, as each would take it: the sequences of its part of every batch.
 fn epoch_of_ranks(lengths: &[u32], size: BatchSize, world: usize, epoch: u64) -> Vec<Vec<Vec<usize>>> {
     (0..world)
         .map(|rank| {
-            let mut b = Batcher::new(lengths, size, 42, rank, world).unwrap();
+            let mut b = Batcher::new(lengths, size, 42).unwrap();
             b.restore(&Cursor { epoch, offset: 0, ..b.cursor() }).unwrap();
-            (0..b.batches_per_epoch()).map(|_| b.next_batch()).collect()
+            (0..b.batches_per_epoch())
+                .map(|_| {
+                    let batch = b.next_batch();
+                    rank_part(&batch, lengths, rank, world).into_iter().map(|p| batch[p]).collect()
+                })
+                .collect()
         })
         .collect()
 }
@@ -55,7 +60,11 @@ fn the_union_over_ranks_is_each_epoch_without_repeats() {
                     seen.sort_unstable();
                     assert_eq!(seen, (0..lengths.len()).collect::<Vec<_>>(), "{size:?}, world {world}, epoch {epoch}");
                     assert!(ranks.iter().flatten().all(|b| fits(b, &lengths, size)), "{size:?}, world {world}");
-                    assert!(ranks.iter().flatten().filter(|b| b.is_empty()).count() < world);
+                    // The parts of one batch differ by at most one sequence.
+                    for step in 0..steps {
+                        let sizes: Vec<usize> = ranks.iter().map(|r| r[step].len()).collect();
+                        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+                    }
                 }
             }
         }
@@ -95,22 +104,20 @@ fn batches_are_grouped_by_length_and_reshuffled_every_epoch() {
 fn resuming_from_a_stored_cursor_continues_the_unbroken_run() {
     let lengths = synthetic_lengths(300, 4);
     for size in SIZES {
-        for (rank, world) in [(0, 1), (1, 3)] {
-            let mut unbroken = Batcher::new(&lengths, size, 9, rank, world).unwrap();
-            let per_epoch = unbroken.batches_per_epoch();
-            let all: Vec<Vec<usize>> = (0..3 * per_epoch + 5).map(|_| unbroken.next_batch()).collect();
-            for stop in [0, 1, per_epoch - 1, per_epoch, per_epoch + 3, 2 * per_epoch] {
-                let mut first = Batcher::new(&lengths, size, 9, rank, world).unwrap();
-                (0..stop).for_each(|_| {
-                    first.next_batch();
-                });
-                let stored = serde_json::to_string(&first.cursor()).unwrap();
-                let cursor: Cursor = serde_json::from_str(&stored).unwrap();
-                let mut resumed = Batcher::new(&lengths, size, 9, rank, world).unwrap();
-                resumed.restore(&cursor).unwrap();
-                let rest: Vec<Vec<usize>> = (stop..all.len()).map(|_| resumed.next_batch()).collect();
-                assert_eq!(rest, all[stop..], "{size:?} rank {rank}/{world}, stopped after {stop}");
-            }
+        let mut unbroken = Batcher::new(&lengths, size, 9).unwrap();
+        let per_epoch = unbroken.batches_per_epoch();
+        let all: Vec<Vec<usize>> = (0..3 * per_epoch + 5).map(|_| unbroken.next_batch()).collect();
+        for stop in [0, 1, per_epoch - 1, per_epoch, per_epoch + 3, 2 * per_epoch] {
+            let mut first = Batcher::new(&lengths, size, 9).unwrap();
+            (0..stop).for_each(|_| {
+                first.next_batch();
+            });
+            let stored = serde_json::to_string(&first.cursor()).unwrap();
+            let cursor: Cursor = serde_json::from_str(&stored).unwrap();
+            let mut resumed = Batcher::new(&lengths, size, 9).unwrap();
+            resumed.restore(&cursor).unwrap();
+            let rest: Vec<Vec<usize>> = (stop..all.len()).map(|_| resumed.next_batch()).collect();
+            assert_eq!(rest, all[stop..], "{size:?}, stopped after {stop}");
         }
     }
 }
@@ -118,14 +125,13 @@ fn resuming_from_a_stored_cursor_continues_the_unbroken_run() {
 #[test]
 fn a_cursor_restores_only_into_the_same_setup() {
     let lengths = synthetic_lengths(100, 5);
-    let mut b = Batcher::new(&lengths, BatchSize::Sequences(8), 1, 0, 2).unwrap();
+    let mut b = Batcher::new(&lengths, BatchSize::Sequences(8), 1).unwrap();
     b.next_batch();
     let cursor = b.cursor();
     let refused = [
-        Batcher::new(&lengths, BatchSize::Sequences(8), 2, 0, 2),
-        Batcher::new(&lengths, BatchSize::Sequences(8), 1, 0, 1),
-        Batcher::new(&lengths, BatchSize::Tokens(8), 1, 0, 2),
-        Batcher::new(&lengths[..99], BatchSize::Sequences(8), 1, 0, 2),
+        Batcher::new(&lengths, BatchSize::Sequences(8), 2),
+        Batcher::new(&lengths, BatchSize::Tokens(8), 1),
+        Batcher::new(&lengths[..99], BatchSize::Sequences(8), 1),
     ];
     for mut other in refused.map(Result::unwrap) {
         let e = other.restore(&cursor).unwrap_err().to_string();
@@ -135,12 +141,10 @@ fn a_cursor_restores_only_into_the_same_setup() {
     beyond.offset = 1000;
     assert!(b.restore(&beyond).unwrap_err().to_string().contains("batch 1000"));
 
-    for (size, rank, world) in
-        [(BatchSize::Sequences(0), 0, 1), (BatchSize::Tokens(0), 0, 1), (BatchSize::Sequences(4), 2, 2)]
-    {
-        assert!(Batcher::new(&lengths, size, 1, rank, world).is_err());
+    for size in [BatchSize::Sequences(0), BatchSize::Tokens(0)] {
+        assert!(Batcher::new(&lengths, size, 1).is_err());
     }
-    assert!(Batcher::new(&Vec::<u32>::new(), BatchSize::Sequences(4), 1, 0, 1).is_err());
+    assert!(Batcher::new(&Vec::<u32>::new(), BatchSize::Sequences(4), 1).is_err());
 }
 
 #[test]

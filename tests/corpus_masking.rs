@@ -24,7 +24,7 @@ fn masker(corpus: &Corpus, config: MaskingConfig) -> Masker {
 
 /// `epochs` epochs of padded batches of 16 sequences.
 fn batches(corpus: &Corpus, epochs: usize) -> Vec<PaddedBatch> {
-    let mut batcher = Batcher::new(corpus, BatchSize::Sequences(16), 3, 0, 1).unwrap();
+    let mut batcher = Batcher::new(corpus, BatchSize::Sequences(16), 3).unwrap();
     let n = batcher.batches_per_epoch() * epochs;
     let pad_id = corpus.manifest().special.pad;
     (0..n).map(|_| pad(&batcher.next_batch().iter().map(|&i| corpus.sequence(i)).collect::<Vec<_>>(), pad_id)).collect()

@@ -8,13 +8,12 @@
 //! reaches into the next bins only where a bin runs out, as the reference's leftovers do),
 //! shuffle the batches.
 //!
-//! With several processes (rank, world), the epoch's batches are dealt round-robin, so every
-//! sequence is seen once per epoch and none is dropped. Every rank gets the same number of
-//! batches, ceil(batches / world), so that ranks stay in step: when the batches do not divide
-//! evenly, the last round's batches are split (the largest batch halved, repeatedly) into one
-//! smaller batch per rank. Only when that round holds fewer sequences than there are ranks
-//! does a rank get an empty batch, on which a trainer runs no forward pass but still joins the
-//! gradient exchange (with a zero gradient and zero weight).
+//! The batches are global: with several processes (ranks), every rank draws the same batch
+//! and takes its own part of it ([`rank_part`]), so every sequence is seen once per epoch, none
+//! is dropped, and the data a run sees does not depend on how many ranks share the work (a run
+//! may resume with another number of ranks). Only when a batch holds fewer sequences than there
+//! are ranks does a rank get an empty part, on which a trainer runs no forward pass but still
+//! joins the gradient exchange.
 
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
@@ -34,16 +33,15 @@ pub enum BatchSize {
     Tokens(usize),
 }
 
-/// The position in the batch stream: what a run checkpoint stores. Ranks advance in step, so
-/// one cursor serves every rank of a run.
+/// The position in the batch stream: what a run checkpoint stores. It holds no rank: every
+/// rank of a run draws the same batches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cursor {
     pub epoch: u64,
-    /// Batches each rank has taken from this epoch.
+    /// Batches taken from this epoch.
     pub offset: usize,
     /// The setup the batches come from; a cursor restores only into the same one.
     pub seed: u64,
-    pub world: usize,
     pub batch_size: BatchSize,
     pub sequences: usize,
 }
@@ -52,11 +50,9 @@ pub struct Batcher {
     lengths: Vec<u32>,
     size: BatchSize,
     seed: u64,
-    rank: usize,
-    world: usize,
     epoch: u64,
     offset: usize,
-    /// This rank's batches of the current epoch.
+    /// The batches of the current epoch.
     batches: Vec<Vec<u32>>,
 }
 
@@ -84,28 +80,20 @@ impl SequenceLengths for Vec<u32> {
 }
 
 impl Batcher {
-    /// Batches over `source` (a [`Corpus`] or the lengths of its sequences) for process `rank`
-    /// of `world`, starting at epoch 0.
-    pub fn new<S: SequenceLengths + ?Sized>(
-        source: &S,
-        size: BatchSize,
-        seed: u64,
-        rank: usize,
-        world: usize,
-    ) -> Result<Self> {
+    /// Batches over `source` (a [`Corpus`] or the lengths of its sequences), starting at
+    /// epoch 0.
+    pub fn new<S: SequenceLengths + ?Sized>(source: &S, size: BatchSize, seed: u64) -> Result<Self> {
         let lengths = source.sequence_lengths();
         ensure!(!lengths.is_empty(), "no sequences to batch");
         ensure!(lengths.len() <= u32::MAX as usize, "{} sequences: at most 2^32 can be batched", lengths.len());
-        ensure!(rank < world, "rank {rank} is outside a world of {world} processes");
         ensure!(!matches!(size, BatchSize::Sequences(0) | BatchSize::Tokens(0)), "batch size {size:?} is zero");
-        let mut batcher = Batcher { lengths, size, seed, rank, world, epoch: 0, offset: 0, batches: Vec::new() };
+        let mut batcher = Batcher { lengths, size, seed, epoch: 0, offset: 0, batches: Vec::new() };
         batcher.load_epoch(0);
         Ok(batcher)
     }
 
     fn load_epoch(&mut self, epoch: u64) {
-        let all = epoch_batches(&self.lengths, self.size, self.seed, epoch);
-        self.batches = rank_share(all, &self.lengths, self.rank, self.world);
+        self.batches = epoch_batches(&self.lengths, self.size, self.seed, epoch);
         self.epoch = epoch;
         self.offset = 0;
     }
@@ -124,7 +112,7 @@ impl Batcher {
         self.epoch
     }
 
-    /// Batches per rank in the current epoch. Constant for `Sequences`; for `Tokens` it can
+    /// Batches in the current epoch. Constant for `Sequences`; for `Tokens` it can
     /// differ by a few between epochs, as batches are cut from a different order.
     pub fn batches_per_epoch(&self) -> usize {
         self.batches.len()
@@ -135,27 +123,23 @@ impl Batcher {
             epoch: self.epoch,
             offset: self.offset,
             seed: self.seed,
-            world: self.world,
             batch_size: self.size,
             sequences: self.lengths.len(),
         }
     }
 
     /// Continues from `cursor`: the batches that follow are those an unbroken run would have
-    /// drawn. Refuses a cursor from another seed, world size, batch size or corpus size.
+    /// drawn. Refuses a cursor from another seed, batch size or corpus size.
     pub fn restore(&mut self, cursor: &Cursor) -> Result<()> {
         let ours = self.cursor();
         ensure!(
-            (cursor.seed, cursor.world, cursor.batch_size, cursor.sequences)
-                == (ours.seed, ours.world, ours.batch_size, ours.sequences),
-            "cannot resume batches: the cursor is from seed {}, {} processes, batch size {:?} over {} sequences; \
-             this run has seed {}, {} processes, batch size {:?} over {} sequences",
+            (cursor.seed, cursor.batch_size, cursor.sequences) == (ours.seed, ours.batch_size, ours.sequences),
+            "cannot resume batches: the cursor is from seed {}, batch size {:?} over {} sequences; \
+             this run has seed {}, batch size {:?} over {} sequences",
             cursor.seed,
-            cursor.world,
             cursor.batch_size,
             cursor.sequences,
             ours.seed,
-            ours.world,
             ours.batch_size,
             ours.sequences
         );
@@ -174,7 +158,7 @@ impl Batcher {
     }
 }
 
-/// The whole world's batches of one epoch, in the order they are dealt to ranks.
+/// The batches of one epoch, in the order they are drawn.
 pub fn epoch_batches(lengths: &[u32], size: BatchSize, seed: u64, epoch: u64) -> Vec<Vec<u32>> {
     let mut rng = Rng::new(Rng::new(seed).next_u64() ^ epoch);
     let mut order: Vec<u32> = (0..lengths.len() as u32).collect();
@@ -213,32 +197,17 @@ pub fn epoch_batches(lengths: &[u32], size: BatchSize, seed: u64, epoch: u64) ->
     batches
 }
 
-/// Rank `rank`'s batches: every `world`-th one, then its part of the last, split round.
-fn rank_share(mut batches: Vec<Vec<u32>>, lengths: &[u32], rank: usize, world: usize) -> Vec<Vec<u32>> {
-    let mut last_round = batches.split_off(batches.len() / world * world);
-    let mut mine: Vec<Vec<u32>> = batches.into_iter().skip(rank).step_by(world).collect();
-    if !last_round.is_empty() {
-        split_into(&mut last_round, world, lengths);
-        mine.push(std::mem::take(&mut last_round[rank]));
-    }
+/// The positions within `batch` (indices into `lengths`) that rank `rank` of `world` takes:
+/// the batch ordered by length and dealt round-robin, so the ranks' parts differ by at most one
+/// sequence and have much the same padded width. Empty when the batch holds fewer sequences
+/// than there are ranks and this rank's turn does not come.
+pub fn rank_part(batch: &[usize], lengths: &[u32], rank: usize, world: usize) -> Vec<usize> {
+    assert!(rank < world, "rank {rank} is outside a world of {world}");
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&p| (lengths[batch[p]], batch[p]));
+    let mut mine: Vec<usize> = order.into_iter().skip(rank).step_by(world).collect();
+    mine.sort_unstable();
     mine
-}
-
-/// Halves the largest batch until there are `parts` batches (padding with empty ones when the
-/// sequences run out). A half of a batch fits any limit the batch fitted.
-fn split_into(batches: &mut Vec<Vec<u32>>, parts: usize, lengths: &[u32]) {
-    while batches.len() < parts {
-        let (k, largest) =
-            batches.iter().enumerate().fold((0, 0), |best, (k, b)| if b.len() > best.1 { (k, b.len()) } else { best });
-        if largest < 2 {
-            break;
-        }
-        let batch = &mut batches[k];
-        batch.sort_by_key(|&i| (lengths[i as usize], i));
-        let second = batch.split_off(largest / 2);
-        batches.insert(k + 1, second);
-    }
-    batches.resize(parts, Vec::new());
 }
 
 /// Sequences right-padded to the longest, with their attention mask (1 = token, 0 = padding).
@@ -266,14 +235,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn last_round_is_split_into_one_batch_per_rank() {
-        let lengths = [10, 11, 12, 13, 14, 50, 51];
-        let mut round = vec![vec![0, 1, 2, 3, 4], vec![5, 6]];
-        split_into(&mut round, 4, &lengths);
-        assert_eq!(round, vec![vec![0, 1], vec![2], vec![3, 4], vec![5, 6]]);
-        let mut tiny = vec![vec![3]];
-        split_into(&mut tiny, 3, &lengths);
-        assert_eq!(tiny, vec![vec![3], vec![], vec![]]);
+    fn rank_parts_partition_the_batch_by_length() {
+        let lengths = [10, 50, 12, 30, 11, 40, 13];
+        let batch = vec![0, 1, 2, 3, 4, 5, 6];
+        let parts: Vec<Vec<usize>> = (0..3).map(|r| rank_part(&batch, &lengths, r, 3)).collect();
+        // By length: 0 (10), 4 (11), 2 (12), 6 (13), 3 (30), 5 (40), 1 (50).
+        assert_eq!(parts, vec![vec![0, 1, 6], vec![3, 4], vec![2, 5]]);
+        assert_eq!(rank_part(&[7], &[0, 0, 0, 0, 0, 0, 0, 5], 1, 2), Vec::<usize>::new());
+        assert_eq!(rank_part(&batch, &lengths, 0, 1), batch);
     }
 
     #[test]

@@ -46,6 +46,32 @@ pub struct MaskedBatch {
     pub labels: Vec<Vec<i64>>,
 }
 
+impl MaskedBatch {
+    /// The sequences at `positions`, with the columns that are padding in all of them cut off
+    /// (sequences are right-padded, so their real tokens come first).
+    pub fn rows(&self, positions: &[usize]) -> MaskedBatch {
+        let width =
+            positions.iter().map(|&p| self.attention_mask[p].iter().filter(|&&m| m == 1).count()).max().unwrap_or(0);
+        fn take<T: Clone>(rows: &[Vec<T>], positions: &[usize], width: usize) -> Vec<Vec<T>> {
+            positions.iter().map(|&p| rows[p][..width].to_vec()).collect()
+        }
+        MaskedBatch {
+            input_ids: take(&self.input_ids, positions, width),
+            attention_mask: take(&self.attention_mask, positions, width),
+            labels: take(&self.labels, positions, width),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.input_ids.is_empty()
+    }
+
+    /// Non-padding tokens.
+    pub fn real_tokens(&self) -> usize {
+        self.attention_mask.iter().flatten().filter(|&&m| m == 1).count()
+    }
+}
+
 pub struct Masker {
     /// Selection weight of each vocabulary id; 0 for special tokens and for ids beyond the
     /// tokenizer's (a model's vocabulary may be padded past it).

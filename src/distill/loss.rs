@@ -96,7 +96,19 @@ impl LossParts {
     }
 }
 
-/// Which token rows (indices into the flattened batch) each loss reads.
+/// How many rows each loss averages over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowCounts {
+    /// Non-padding tokens (the cosine loss).
+    pub real: usize,
+    /// Rows of the vocabulary losses (KL and MSE).
+    pub selected: usize,
+    /// MLM targets.
+    pub targets: usize,
+}
+
+/// Which token rows (indices into the flattened batch) each loss reads, and what it is
+/// averaged over.
 pub struct Rows {
     /// Non-padding tokens.
     pub real: Vec<u32>,
@@ -104,7 +116,9 @@ pub struct Rows {
     pub selected: Vec<u32>,
     /// The true token of each selected row, or −1 where it has no MLM target.
     pub targets: Vec<i64>,
-    pub num_targets: usize,
+    /// The denominators of the means: this batch's own counts, or the whole batch's when this
+    /// is one rank's part of it ([`Rows::averaged_over`]).
+    pub denominators: RowCounts,
 }
 
 impl Rows {
@@ -112,7 +126,8 @@ impl Rows {
         if attention_mask.len() != labels.len() || attention_mask.iter().zip(labels).any(|(m, l)| m.len() != l.len()) {
             bail!("`labels` must have the shape of `attention_mask`");
         }
-        let mut rows = Rows { real: Vec::new(), selected: Vec::new(), targets: Vec::new(), num_targets: 0 };
+        let mut rows =
+            Rows { real: Vec::new(), selected: Vec::new(), targets: Vec::new(), denominators: RowCounts::default() };
         let flat = attention_mask.iter().flatten().zip(labels.iter().flatten());
         for (i, (&m, &label)) in flat.enumerate() {
             if label >= 0 && m == 0 {
@@ -127,10 +142,18 @@ impl Rows {
                 rows.targets.push(if label >= 0 { label } else { -1 });
             }
             if label >= 0 {
-                rows.num_targets += 1;
+                rows.denominators.targets += 1;
             }
         }
+        rows.denominators.real = rows.real.len();
+        rows.denominators.selected = rows.selected.len();
         Ok(rows)
+    }
+
+    /// Averages the losses over `whole` instead of this batch's own counts: a rank's part of a
+    /// batch, whose losses summed over the ranks are then the whole batch's.
+    pub fn averaged_over(self, whole: RowCounts) -> Self {
+        Rows { denominators: whole, ..self }
     }
 }
 
@@ -138,13 +161,13 @@ fn zero(device: &Device) -> Result<Tensor> {
     Ok(Tensor::new(0f32, device)?)
 }
 
-/// Mean over rows of 1 − cos(a, b), with PyTorch's ε inside the norms.
-fn cosine_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+/// Σ over rows of 1 − cos(a, b), divided by `n`, with PyTorch's ε inside the norms.
+fn cosine_loss(a: &Tensor, b: &Tensor, n: usize) -> Result<Tensor> {
     let dot = (a * b)?.sum(1)?;
     let na = (a.sqr()?.sum(1)? + 1e-12)?;
     let nb = (b.sqr()?.sum(1)? + 1e-12)?;
     let cos = (dot / (na * nb)?.sqrt()?)?;
-    Ok(cos.affine(-1.0, 1.0)?.mean_all()?)
+    Ok((cos.affine(-1.0, 1.0)?.sum_all()? / n as f64)?)
 }
 
 /// The distillation loss of one batch, from both models' last hidden states. The teacher's
@@ -164,32 +187,27 @@ pub fn distillation_loss(
         let (s_logits, s_bias) = student.mlm_head()?.unbiased_logits(&gather_rows(student_last, &rows.selected)?)?;
         let (t_logits, t_bias) = teacher.mlm_head()?.unbiased_logits(&gather_rows(&teacher_last, &rows.selected)?)?;
         let per_row = vocab_loss(&s_logits, &s_bias, &t_logits.detach(), &t_bias, &rows.targets, cfg.temperature)?;
-        let n = rows.selected.len() as f64;
+        let n = rows.denominators.selected as f64;
         let t2 = cfg.temperature * cfg.temperature;
         ce = (per_row.narrow(1, 0, 1)?.sum_all()? * (t2 / n))?;
-        if rows.num_targets > 0 {
-            mlm = (per_row.narrow(1, 1, 1)?.sum_all()? / rows.num_targets as f64)?;
+        if rows.denominators.targets > 0 {
+            mlm = (per_row.narrow(1, 1, 1)?.sum_all()? / rows.denominators.targets as f64)?;
         }
         mse = (per_row.narrow(1, 2, 1)?.sum_all()? / n)?;
     }
     let cos = if rows.real.is_empty() {
         zero(device)?
     } else {
-        cosine_loss(&gather_rows(student_last, &rows.real)?, &gather_rows(&teacher_last, &rows.real)?)?
+        let (s, t) = (gather_rows(student_last, &rows.real)?, gather_rows(&teacher_last, &rows.real)?);
+        cosine_loss(&s, &t, rows.denominators.real)?
     };
     let total = ((&ce * cfg.alpha_ce)? + (&mlm * cfg.alpha_mlm)? + (&cos * cfg.alpha_cos)? + (&mse * cfg.alpha_mse)?)?;
     Ok(LossParts { ce, mlm, cos, mse, total })
 }
 
 /// Masked-language-model loss alone (teacher pretraining): cross-entropy over the masked
-/// positions, whose rows alone are projected onto the vocabulary.
-pub fn mlm_loss(
-    model: &Encoder,
-    last_hidden: &Tensor,
-    attention_mask: &[Vec<u32>],
-    labels: &[Vec<i64>],
-) -> Result<LossParts> {
-    let rows = Rows::new(attention_mask, labels, true)?;
+/// positions, whose rows alone are projected onto the vocabulary (`rows` selects the targets).
+pub fn mlm_loss(model: &Encoder, last_hidden: &Tensor, rows: &Rows) -> Result<LossParts> {
     let device = last_hidden.device();
     let mlm = if rows.selected.is_empty() {
         zero(device)?
@@ -198,7 +216,7 @@ pub fn mlm_loss(
         // The fused op wants a second set of logits; the model's own, detached, cost one extra
         // exponential per entry and contribute nothing (their KL term has weight 0).
         let per_row = vocab_loss(&logits, &bias, &logits.detach(), &bias, &rows.targets, 1.0)?;
-        (per_row.narrow(1, 1, 1)?.sum_all()? / rows.num_targets as f64)?
+        (per_row.narrow(1, 1, 1)?.sum_all()? / rows.denominators.targets as f64)?
     };
     Ok(LossParts { ce: zero(device)?, mlm: mlm.clone(), cos: zero(device)?, mse: zero(device)?, total: mlm })
 }

@@ -191,7 +191,7 @@ pub fn fit_head(teacher_dir: &Path, corpus_dir: &Path, out: &Path, options: &Fit
     )?;
     let width = teacher.config.hidden_size;
     let mut train = TargetRows { hidden: Vec::new(), targets: Vec::new(), width };
-    let mut batcher = Batcher::new(&corpus, BatchSize::Sequences(64), options.seed, 0, 1)?;
+    let mut batcher = Batcher::new(&corpus, BatchSize::Sequences(64), options.seed)?;
     let mut mask_rng = Rng::new(options.seed ^ 0x4EAD);
     let progress = bar(options.rows as u64, "encoding masked rows");
     while train.len() < options.rows && batcher.epoch() == 0 {
@@ -230,7 +230,8 @@ pub fn fit_head(teacher_dir: &Path, corpus_dir: &Path, out: &Path, options: &Fit
         for chunk in order.chunks(options.batch_rows) {
             let (hidden, targets) = train.select(chunk, &device)?;
             let n = targets.len();
-            let loss = mlm_loss(&model, &hidden.unsqueeze(0)?, &[vec![1; n]], &[targets])?.total;
+            let rows = Rows::new(&[vec![1; n]], &[targets], true)?;
+            let loss = mlm_loss(&model, &hidden.unsqueeze(0)?, &rows)?.total;
             let mut grads = Gradients::new();
             add_gradients(&mut grads, &vars, &loss)?;
             optimizer.step(&grads, options.lr, 1.0)?;

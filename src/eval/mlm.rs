@@ -239,7 +239,7 @@ pub fn heldout_batches(
     )?;
     let n = options.sequences.unwrap_or(corpus.len()).min(corpus.len());
     let size = options.batch_size.max(1);
-    let mut batcher = Batcher::new(&corpus, BatchSize::Sequences(size), options.seed, 0, 1)?;
+    let mut batcher = Batcher::new(&corpus, BatchSize::Sequences(size), options.seed)?;
     let mut rng = crate::rng::Rng::new(options.seed ^ 0x4D4C4D);
     let pad_id = corpus.manifest().special.pad;
     let mut batches = Vec::new();

@@ -24,7 +24,8 @@ pub struct RunState {
     pub step: u64,
     /// Updates actually applied by the optimiser (skipped steps excluded).
     pub optimizer_steps: u64,
-    pub dropout_rng: Rng,
+    /// Masking is drawn from one generator, the same on every rank; dropout's generators are
+    /// derived from the step (see the run), so they need no state.
     pub mask_rng: Rng,
     pub cursor: Cursor,
     pub skipped: u64,

@@ -1,6 +1,11 @@
 //! The training run: distillation from a teacher, or MLM pretraining when the config names
 //! none. `train` reads top to bottom: set up, then one optimiser step after another, with
 //! logging, evaluation and checkpoints at their intervals.
+//!
+//! With several ranks (`mpirun`), every rank draws and masks the same global batch, runs the
+//! models on its own part of it, and averages its losses over the whole batch's counts; one
+//! all-reduce then sums the gradients, so every rank takes the same optimiser step as a single
+//! process given the whole batch would. Rank 0 alone writes the run folder.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,11 +22,12 @@ use super::config::RunConfig;
 use super::metrics::{EvalRecord, MetricsLog, Record, StepRecord};
 use super::optim::{add_gradients, clip_scale, grad_norm, AdamW, Gradients};
 use super::schedule::LinearSchedule;
-use crate::corpus::batches::{pad, BatchSize, Batcher};
+use crate::corpus::batches::{pad, rank_part, BatchSize, Batcher};
 use crate::corpus::masking::{MaskedBatch, Masker};
 use crate::corpus::shards::{Corpus, Split};
-use crate::distill::loss::{distillation_loss, mlm_loss, LossConfig, LossParts, LossValues, Rows};
+use crate::distill::loss::{distillation_loss, mlm_loss, LossConfig, LossParts, LossValues, RowCounts, Rows};
 use crate::distill::student::check_pair;
+use crate::distributed::World;
 use crate::eval::mlm::score_batches;
 use crate::model::encoder::init_weights;
 use crate::model::{checkpoint, Checkpoint, Encoder, EncoderInput, ModelConfig, TextTokenizer, Weights};
@@ -36,6 +42,8 @@ pub struct TrainOptions {
     pub stop_after: Option<u64>,
     /// Set by a Ctrl-C handler: checkpoint and stop at the end of the current step.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// The ranks this process trains with (one, unless started by `mpirun`).
+    pub world: World,
 }
 
 /// Where a run ended.
@@ -118,30 +126,42 @@ fn model_input(config: &ModelConfig, batch: &MaskedBatch, device: &Device) -> Re
     EncoderInput::from_rows(config, &batch.input_ids, &batch.attention_mask, None, device)
 }
 
-/// The loss of one masked batch: distillation with a teacher, MLM alone without.
+/// The rows the losses read: for distillation those the config selects, for MLM alone the
+/// targets.
+fn loss_rows(loss: &LossConfig, distilling: bool, batch: &MaskedBatch) -> Result<Rows> {
+    let restrict = !distilling || loss.restrict_ce_to_mask;
+    Rows::new(&batch.attention_mask, &batch.labels, restrict)
+}
+
+/// The loss of one masked batch, averaged over `whole` (the counts of the batch this one is a
+/// part of): distillation with a teacher, MLM alone without.
 fn batch_loss(
     loss: &LossConfig,
     student: &Student,
     teacher: Option<&Encoder>,
     batch: &MaskedBatch,
-    dropout: Option<&mut Rng>,
+    whole: RowCounts,
+    dropout: &mut Rng,
     device: &Device,
 ) -> Result<LossParts> {
     let s_input = model_input(&student.config, batch, device)?;
-    let s_last = student.model.forward(&s_input, dropout)?.pop().unwrap();
+    let s_last = student.model.forward(&s_input, Some(dropout))?.pop().unwrap();
+    let rows = loss_rows(loss, teacher.is_some(), batch)?.averaged_over(whole);
     match teacher {
         Some(teacher) => {
             let t_input = model_input(&teacher.cfg, batch, device)?;
             let t_last = teacher.forward(&t_input, None)?.pop().unwrap().detach();
-            let rows = Rows::new(&batch.attention_mask, &batch.labels, loss.restrict_ce_to_mask)?;
             distillation_loss(loss, &student.model, &s_last, teacher, &t_last, &rows)
         }
-        None => mlm_loss(&student.model, &s_last, &batch.attention_mask, &batch.labels),
+        None => mlm_loss(&student.model, &s_last, &rows),
     }
 }
 
-fn real_tokens(batch: &MaskedBatch) -> usize {
-    batch.attention_mask.iter().flatten().filter(|&&m| m == 1).count()
+/// The dropout generator of one micro-batch on one rank: a function of where it is in the run,
+/// so that a resumed run (with any number of ranks) draws what an unbroken one would.
+fn dropout_rng(seed: u64, step: u64, micro: usize, rank: usize) -> Rng {
+    let hash = |x: u64, y: u64| Rng::new(x ^ y).next_u64();
+    Rng::new(hash(hash(hash(seed, 0xD509), step), micro as u64) ^ rank as u64)
 }
 
 /// Held-out metrics on a fixed set of batches with fixed masks, so that evaluations at
@@ -179,6 +199,8 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
     let device = Device::Cpu;
     let out = &config.out;
     let seed = config.run.seed;
+    let world = &options.world;
+    let leader = world.is_leader();
 
     // Refuse what cannot work before any work starts.
     let run_toml = out.join("run.toml");
@@ -226,7 +248,8 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
     } else {
         BatchSize::Sequences(config.batch.sequences)
     };
-    let mut batcher = Batcher::new(&corpus, batch_size, seed, 0, 1)?;
+    let mut batcher = Batcher::new(&corpus, batch_size, seed)?;
+    let lengths = corpus.lengths();
     let masker = Masker::new(
         &corpus.token_counts(),
         &tokenizer.special_ids(),
@@ -241,30 +264,36 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
     };
     let schedule = LinearSchedule::new(config.optim.adamw.lr, config.optim.warmup, total_steps);
     let mut optimizer = AdamW::new(student.vars.clone(), config.optim.adamw.clone())?;
-    let eval_batches = fixed_eval_batches(&heldout, &masker, config, seed)?;
+    let eval_batches = if leader { fixed_eval_batches(&heldout, &masker, config, seed)? } else { Vec::new() };
 
     let mut state = RunState {
         step: 0,
         optimizer_steps: 0,
-        dropout_rng: Rng::new(seed ^ 0xD509),
         mask_rng: Rng::new(seed ^ 0x3A5C),
         cursor: batcher.cursor(),
         skipped: 0,
         consecutive_skipped: 0,
     };
+    // Every rank has checked the run folder before the leader creates it.
+    world.barrier()?;
     if options.resume {
         let restored = run_checkpoint::load_latest(out, &device)?;
         student.set_weights(&restored.weights)?;
         optimizer.load_state(&restored.optimizer_file, restored.state.optimizer_steps)?;
         batcher.restore(&restored.state.cursor)?;
         state = restored.state;
-        eprintln!("resuming {} from step {} ({})", out.display(), state.step, restored.dir.display());
-    } else {
+        if leader {
+            eprintln!("resuming {} from step {} ({})", out.display(), state.step, restored.dir.display());
+        }
+    } else if leader {
         std::fs::create_dir_all(out).with_context(|| format!("cannot create run folder {}", out.display()))?;
         checkpoint::write_atomic(&run_toml, config.to_toml()?.as_bytes())?;
     }
-    let mut metrics = MetricsLog::open(out, state.step)?;
-    let bar = progress_bar(total_steps, state.step);
+    if leader && world.size() > 1 {
+        eprintln!("training on {} ranks; each takes its part of every batch", world.size());
+    }
+    let mut metrics = if leader { Some(MetricsLog::open(out, state.step)?) } else { None };
+    let bar = if leader { progress_bar(total_steps, state.step) } else { ProgressBar::hidden() };
     let mut last_eval = None;
 
     while state.step < total_steps {
@@ -274,21 +303,40 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
         let mut sum = LossValues::default();
         let mut tokens = 0usize;
         let mut finite = true;
-        for _ in 0..config.batch.accumulation {
+        for micro in 0..config.batch.accumulation {
+            // Every rank draws and masks the whole batch, so the targets and the averages do not
+            // depend on how the batch is shared out.
             let indices = batcher.next_batch();
             let padded = pad(&indices.iter().map(|&i| corpus.sequence(i)).collect::<Vec<_>>(), tokenizer.special.pad);
-            let batch = masker.mask(&padded, &mut state.mask_rng);
-            tokens += real_tokens(&batch);
-            let parts =
-                batch_loss(&config.loss, &student, teacher.as_ref(), &batch, Some(&mut state.dropout_rng), &device)?;
+            let whole = masker.mask(&padded, &mut state.mask_rng);
+            let counts = loss_rows(&config.loss, teacher.is_some(), &whole)?.denominators;
+            let batch = whole.rows(&rank_part(&indices, &lengths, world.rank(), world.size()));
+            tokens += batch.real_tokens();
+            if batch.is_empty() || !finite {
+                continue;
+            }
+            let mut dropout = dropout_rng(seed, step, micro, world.rank());
+            let parts = batch_loss(&config.loss, &student, teacher.as_ref(), &batch, counts, &mut dropout, &device)?;
             let values = parts.values()?;
             if !values.total.is_finite() {
                 finite = false;
-                break;
+                continue;
             }
             // Micro-batches are averaged, as one large batch would be.
             add_gradients(&mut grads, &student.vars, &(parts.total / config.batch.accumulation as f64)?)?;
             accumulate(&mut sum, &values, config.batch.accumulation);
+        }
+        let interrupted = options.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        // One exchange of the step's scalars: the losses (each rank holds its share of the
+        // batch's), the tokens, and whether any rank failed or was interrupted.
+        let mut scalars =
+            [sum.ce, sum.mlm, sum.cos, sum.mse, sum.total, tokens as f64, f64::from(!finite), f64::from(interrupted)];
+        world.sum_f64(&mut scalars)?;
+        let [ce, mlm, cos, mse, total, all_tokens, failed, interrupted] = scalars;
+        let sum = LossValues { ce, mlm, cos, mse, total };
+        let finite = failed == 0.0 && total.is_finite();
+        if finite {
+            world.sum_gradients(&mut grads, &student.vars)?;
         }
         let grad_norm = if finite { grad_norm(&grads)? } else { f64::NAN };
         let lr = schedule.lr(step);
@@ -316,38 +364,37 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
         }
         drop(grads);
 
-        let tokens_per_s = tokens as f64 / started.elapsed().as_secs_f64();
+        let tokens_per_s = all_tokens / started.elapsed().as_secs_f64();
         bar.set_position(step);
         bar.set_message(format!(
             "loss {:.4} (ce {:.3} mlm {:.3} cos {:.3}) lr {lr:.2e} {tokens_per_s:.0} tok/s",
             sum.total, sum.ce, sum.mlm, sum.cos
         ));
-        if step.is_multiple_of(config.run.log_every.max(1)) || step == total_steps {
-            let epoch = state.cursor.epoch;
-            let record = StepRecord { step, epoch, loss: sum, lr, grad_norm, tokens_per_s, skipped: state.skipped };
-            metrics.write(&Record::Step(record))?;
-        }
         let at = |every: u64| every > 0 && step.is_multiple_of(every);
-        if (at(config.run.eval_every) || step == total_steps) && !eval_batches.is_empty() {
-            let eval = evaluate(step, &student, teacher.as_ref(), &eval_batches, &device)?;
-            metrics.write(&Record::Eval { eval })?;
-            last_eval = Some(eval);
+        if let Some(metrics) = &mut metrics {
+            if at(config.run.log_every.max(1)) || step == total_steps {
+                let epoch = state.cursor.epoch;
+                let record = StepRecord { step, epoch, loss: sum, lr, grad_norm, tokens_per_s, skipped: state.skipped };
+                metrics.write(&Record::Step(record))?;
+            }
+            if (at(config.run.eval_every) || step == total_steps) && !eval_batches.is_empty() {
+                let eval = evaluate(step, &student, teacher.as_ref(), &eval_batches, &device)?;
+                metrics.write(&Record::Eval { eval })?;
+                last_eval = Some(eval);
+            }
         }
-        let interrupted = options.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
-        let stopping = interrupted || options.stop_after == Some(step);
+        let stopping = interrupted > 0.0 || options.stop_after == Some(step);
         if at(config.run.checkpoint_every) || step == total_steps || stopping {
-            let dir = run_checkpoint::save(
-                out,
-                &state,
-                &student.weights(),
-                &optimizer.state_tensors()?,
-                config.run.keep_checkpoints,
-            )?;
+            let saved = if leader {
+                let optimizer_state = optimizer.state_tensors()?;
+                let keep = config.run.keep_checkpoints;
+                Some(run_checkpoint::save(out, &state, &student.weights(), &optimizer_state, keep)?)
+            } else {
+                None
+            };
             if stopping {
-                bar.abandon_with_message(format!(
-                    "stopped after step {step}; resume with --resume ({})",
-                    dir.display()
-                ));
+                let at = saved.map(|dir| format!(" ({})", dir.display())).unwrap_or_default();
+                bar.abandon_with_message(format!("stopped after step {step}; resume with --resume{at}"));
                 return Ok(RunOutcome { step, total_steps, exported: None, last_eval });
             }
         }
@@ -355,7 +402,11 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
     bar.finish();
 
     let exported = out.join("student");
-    checkpoint::save(&exported, &student.config, &student.weights(), Some(&config.student))?;
+    if leader {
+        checkpoint::save(&exported, &student.config, &student.weights(), Some(&config.student))?;
+    }
+    // The other ranks return once the student is on disk.
+    world.barrier()?;
     Ok(RunOutcome { step: state.step, total_steps, exported: Some(exported), last_eval })
 }
 
@@ -374,7 +425,7 @@ fn fixed_eval_batches(heldout: &Corpus, masker: &Masker, config: &RunConfig, see
         return Ok(Vec::new());
     }
     let size = BatchSize::Sequences(config.batch.sequences.max(1));
-    let mut batcher = Batcher::new(heldout, size, seed ^ 0xE7A1, 0, 1)?;
+    let mut batcher = Batcher::new(heldout, size, seed ^ 0xE7A1)?;
     let mut rng = Rng::new(seed ^ 0xE7A2);
     let n = config.run.eval_batches.min(batcher.batches_per_epoch());
     let pad_id = heldout.manifest().special.pad;
