@@ -5,13 +5,15 @@
 //! weights with an MLM head; student 3 layers copied from it), 16 × 128 tokens with about 11%
 //! padding. `--teacher-config DIR` takes another config.json (e.g. a BERT-base one).
 //!
-//! `cargo bench --bench distill_step [-- --batch 16 --seq 128 --steps 5 --student-layers 3]`
+//! `cargo bench --bench distill_step [-- --batch 16 --seq 128 --steps 5 --student-layers 3]`;
+//! on a GPU `cargo bench --features cuda --bench distill_step -- --device cuda:0 --dtype bf16`
+//! (the student's forward and backward in bf16 over float32 master weights, as training runs).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{Device, Var};
+use candle_core::{DType, Var};
 use distil::distill::loss::{distillation_loss, LossConfig, Rows};
 use distil::distill::student::{init_student, spread_layers, StudentArch};
 use distil::model::encoder::init_weights;
@@ -38,7 +40,13 @@ fn peak_rss_gib() -> f64 {
 
 fn main() -> anyhow::Result<()> {
     distil::memory::keep_freed_memory();
-    let device = Device::Cpu;
+    let device = distil::device::parse(&arg("--device", "cpu"), 0)?;
+    let dtype = match arg("--dtype", "f32").as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => anyhow::bail!("--dtype {other}: expected f32, bf16 or f16"),
+    };
     let config_dir =
         PathBuf::from(arg("--teacher-config", concat!(env!("CARGO_MANIFEST_DIR"), "/assets/all-MiniLM-L6-v2")));
     let (batch, seq): (usize, usize) = (arg("--batch", "16").parse()?, arg("--seq", "128").parse()?);
@@ -55,11 +63,14 @@ fn main() -> anyhow::Result<()> {
         report: Default::default(),
         unused: Default::default(),
     };
-    let teacher = Encoder::new(&cfg, &teacher_ckpt.weights)?;
+    let cast = |weights: &BTreeMap<String, candle_core::Tensor>| -> anyhow::Result<_> {
+        weights.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?))).collect::<anyhow::Result<_>>()
+    };
+    let teacher = Encoder::new(&cfg, &cast(&teacher_ckpt.weights)?)?;
     let init = init_student(&teacher_ckpt, &spread_layers(cfg.num_layers, student_layers), StudentArch::Same)?;
     let vars: BTreeMap<String, Var> =
         init.weights.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<anyhow::Result<_>>()?;
-    let student = Encoder::new(&init.config, &vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect())?;
+    let master = || vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect::<BTreeMap<_, _>>();
     let mut optimizer = AdamW::new(vars.clone(), AdamWConfig::default())?;
 
     // Rows of 100–128 real tokens (about 11% padding), 15% of them masked targets.
@@ -93,8 +104,13 @@ fn main() -> anyhow::Result<()> {
         };
         let start = Instant::now();
         let t_last = teacher.forward(&input, None)?.pop().unwrap();
+        device.synchronize()?;
         lap(0);
+        // In half precision the student computes over copies of the float32 weights, made
+        // anew every step as the trainer makes them.
+        let student = Encoder::new(&init.config, &cast(&master())?)?;
         let s_last = student.forward(&input, Some(&mut dropout))?.pop().unwrap();
+        device.synchronize()?;
         lap(1);
         let parts = distillation_loss(&loss_cfg, &student, &s_last, &teacher, &t_last, &rows)?;
         parts.total.to_scalar::<f32>()?;
@@ -102,9 +118,11 @@ fn main() -> anyhow::Result<()> {
         let store = parts.total.backward()?;
         let grads: Gradients = vars.iter().filter_map(|(k, v)| store.get(v).map(|g| (k.clone(), g.clone()))).collect();
         drop(store);
+        device.synchronize()?;
         lap(3);
         let norm = grad_norm(&grads)?;
         optimizer.step(&grads, 1e-4, clip_scale(norm, 5.0))?;
+        device.synchronize()?;
         lap(4);
         if step > 0 {
             times.push(start.elapsed().as_secs_f64()); // step 0 warms the allocator and thread pool
@@ -117,7 +135,8 @@ fn main() -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     println!(
-        "distil step: teacher {}x{} -> student {} layers, batch {batch}x{seq} ({real} real tokens): median {:.2} s (min {:.2}, max {:.2}), {:.0} tokens/s, peak RSS {:.2} GiB, {} threads",
+        "distil step on {} in {dtype:?}: teacher {}x{} -> student {} layers, batch {batch}x{seq} ({real} real tokens): median {:.3} s (min {:.3}, max {:.3}), {:.0} tokens/s, peak RSS {:.2} GiB, {} threads",
+        distil::device::name(&device),
         cfg.num_layers,
         cfg.hidden_size,
         student_layers,

@@ -8,9 +8,11 @@
 //! - [`distributed`]: the ranks of a multi-process run (MPI) and their collective operations.
 //! - [`eval`]: held-out MLM quality, classification, speed, and run reports.
 //! - [`rng`]: the seedable generator behind dropout and masking.
+//! - [`device`]: where training computes (CPU, CUDA).
 //! - [`threads`]: how many threads the compute kernels use.
 
 pub mod corpus;
+pub mod device;
 pub mod distill;
 pub mod distributed;
 pub mod eval;

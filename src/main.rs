@@ -16,7 +16,7 @@ use distil::distill::check::batch_loss;
 use distil::distill::loss::LossConfig;
 use distil::distill::student::{init_student, spread_layers, StudentArch};
 use distil::distill::teacher_head::{fit_head, FitHeadOptions};
-use distil::distributed::{local_ranks, World};
+use distil::distributed::{local_rank, local_ranks, World};
 use distil::eval::classify::{classify, ClassifyOptions, Mode};
 use distil::eval::data;
 use distil::eval::mlm::HeldoutOptions;
@@ -126,6 +126,10 @@ enum Command {
         /// Stop after this step with a checkpoint, as Ctrl-C would.
         #[arg(long)]
         stop_after: Option<u64>,
+        /// Where to compute: `cpu`, `cuda:N`, or `cuda` (under mpirun: one GPU per rank of a
+        /// machine, by local rank). CUDA needs a build with `--features cuda`.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Size and CPU speed of models on the same sentences.
     ///
@@ -482,7 +486,7 @@ fn run(command: Command) -> Result<()> {
             println!("{}", serde_json::to_string(&values)?);
             Ok(())
         }
-        Command::Train { config, overrides, resume, stop_after } => {
+        Command::Train { config, overrides, resume, stop_after, device } => {
             let config = match (&config, &resume) {
                 (Some(path), _) => RunConfig::load(path, &overrides)?,
                 (None, Some(dir)) => RunConfig::load(&dir.join("run.toml"), &overrides)?,
@@ -493,10 +497,12 @@ fn run(command: Command) -> Result<()> {
                     bail!("--resume {} but the config's run folder is {}", dir.display(), config.out.display());
                 }
             }
-            let world = World::from_launch()?;
+            let mut world = World::from_launch()?;
             if world.size() > 1 {
                 join_world(&world)?;
             }
+            let device = distil::device::parse(&device, local_rank())?;
+            world.use_device(&device)?;
             let interrupt = Arc::new(AtomicBool::new(false));
             let flag = interrupt.clone();
             ctrlc::set_handler(move || {
@@ -505,8 +511,13 @@ fn run(command: Command) -> Result<()> {
                     std::process::exit(130);
                 }
             })?;
-            let options =
-                TrainOptions { resume: resume.is_some(), stop_after, interrupt: Some(interrupt), world: world.clone() };
+            let options = TrainOptions {
+                device,
+                resume: resume.is_some(),
+                stop_after,
+                interrupt: Some(interrupt),
+                world: world.clone(),
+            };
             let outcome = match train(&config, &options) {
                 Ok(outcome) => outcome,
                 // The other ranks may be waiting for this one: end them all, with the reason.

@@ -2,38 +2,17 @@
 //! checkpoint saved by distil loads back exactly.
 
 mod common;
+mod reference;
 
 use candle_core::Device;
 use common::{fixture, load_expected, max_abs_diff, MODELS};
-use distil::infer::{load_encoder, named_outputs, BatchJson};
+use distil::infer::{named_outputs, BatchJson};
 use distil::model::{checkpoint, Checkpoint, Encoder};
-
-const TOLERANCE: f32 = 1e-4;
+use reference::TOLERANCE;
 
 #[test]
 fn outputs_match_transformers() {
-    let device = Device::Cpu;
-    for name in MODELS {
-        let dir = fixture(&format!("models/{name}"));
-        let (ckpt, encoder) = load_encoder(&dir, &device).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!(ckpt.has_head, *name != "bert_encoder", "{name}: head detection");
-        for batch in ["batch0", "batch1"] {
-            let input = BatchJson::read(&dir.join(format!("expected/{batch}.json"))).unwrap();
-            let ours = named_outputs(&encoder, &input.to_input(&encoder, &device).unwrap()).unwrap();
-            let expected = load_expected(&dir.join(format!("expected/{batch}.safetensors")));
-            for (key, want) in &expected {
-                if key == "pooler_output" {
-                    continue; // the pooler is not part of an encoder's outputs here
-                }
-                let got = ours.get(key).unwrap_or_else(|| panic!("{name}/{batch}: no output `{key}`"));
-                let diff = max_abs_diff(got, want);
-                assert!(diff <= TOLERANCE, "{name}/{batch}/{key}: max abs diff {diff:e} > {TOLERANCE:e}");
-            }
-            for key in ours.keys() {
-                assert!(expected.contains_key(key), "{name}/{batch}: transformers recorded no `{key}`");
-            }
-        }
-    }
+    reference::outputs_match_transformers(&Device::Cpu);
 }
 
 #[test]

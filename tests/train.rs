@@ -12,6 +12,7 @@ use distil::distill::student::{init_student, StudentArch};
 use distil::model::encoder::init_weights;
 use distil::model::{checkpoint, Checkpoint, ModelConfig};
 use distil::rng::Rng;
+use distil::train::config::{ComputeConfig, Precision};
 use distil::train::run::{train, TrainOptions};
 use train_support::*;
 
@@ -205,8 +206,51 @@ fn bad_runs_are_refused_before_any_work() {
     let ok = std::process::Command::new(distil_bin()).args(["train", "--config", &p(&good)]).output().unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     fails_with(&["train", "--config", &p(&good)], &["already exists", "--resume"]);
+    fails_with(&["train", "--config", &p(&good), "--device", "gpu"], &["--device", "cuda:N"]);
+    if cfg!(not(feature = "cuda")) {
+        fails_with(&["train", "--config", &p(&good), "--device", "cuda"], &["built without CUDA", "--features cuda"]);
+    }
     fails_with(
         &["train", "--config", &p(&good), "--set", "loss.temperature=3", "--resume", &p(&root.join("run"))],
         &["another config"],
     );
+}
+
+#[test]
+fn half_precision_runs_follow_the_float32_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let corpus = build_corpus(root);
+    let teacher_dir = random_teacher(&root.join("teacher"), 0.0);
+    let teacher = Checkpoint::load(&teacher_dir, &Device::Cpu).unwrap();
+    let init = init_student(&teacher, &[0], StudentArch::Same).unwrap();
+    let student = root.join("student");
+    checkpoint::save(&student, &init.config, &init.weights, Some(&teacher_dir)).unwrap();
+    let run = |name: &str, dtype: Precision, teacher_dtype: Precision| {
+        let mut config = run_config(Some(&teacher_dir), &student, &corpus, &root.join(name), 6, 1e-3);
+        config.compute = ComputeConfig { dtype, teacher_dtype };
+        train(&config, &TrainOptions::default()).unwrap();
+        steps(&root.join(name))
+    };
+    let full = run("f32", Precision::F32, Precision::F32);
+    for (name, dtype, teacher_dtype) in
+        [("bf16", Precision::Bf16, Precision::Bf16), ("f16", Precision::F16, Precision::F32)]
+    {
+        let half = run(name, dtype, teacher_dtype);
+        assert_eq!(half.len(), full.len());
+        assert_ne!(half[0].loss.total, full[0].loss.total, "{name} computed exactly what float32 did");
+        // The first step starts from the same weights: only rounding differs. Later steps
+        // drift apart a little, as they would in any framework. The KL term is small (the
+        // student starts as a copy of the teacher's layer), so it is compared to 0.1.
+        for (i, (h, f)) in half.iter().zip(&full).enumerate() {
+            let tolerance = if i == 0 { 2e-3 } else { 1e-2 };
+            for (what, a, b) in [("total", h.loss.total, f.loss.total), ("ce", h.loss.ce, f.loss.ce)] {
+                assert!((a - b).abs() <= tolerance * b.abs().max(0.1), "{name} step {}: {what} {a} vs {b}", h.step);
+            }
+            assert!(h.grad_norm.is_finite() && h.skipped == 0, "{name}: {h:?}");
+        }
+        // The exported student is float32: master weights never leave it.
+        let exported = Checkpoint::load(&root.join(name).join("student"), &Device::Cpu).unwrap();
+        assert!(exported.weights.values().all(|t| t.dtype() == candle_core::DType::F32));
+    }
 }

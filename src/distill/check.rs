@@ -23,7 +23,8 @@ pub fn batch_loss(
 ) -> Result<(LossValues, Option<BTreeMap<String, Tensor>>)> {
     cfg.validate()?;
     check_pair(&teacher.config, &student.config)?;
-    let device = Device::Cpu;
+    // The batch goes where the models' weights are.
+    let device = student.weights.values().next().map_or(Device::Cpu, |t| t.device().clone());
     let labels = batch.labels.as_ref().context("the batch has no `labels` (−100 where a position has no target)")?;
     let teacher_model = Encoder::new(&teacher.config, &teacher.weights)?;
     let vars: BTreeMap<String, Var> =

@@ -11,7 +11,7 @@
 //! costs no vocabulary product.
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::vocab_loss::vocab_loss;
@@ -161,8 +161,10 @@ fn zero(device: &Device) -> Result<Tensor> {
     Ok(Tensor::new(0f32, device)?)
 }
 
-/// Σ over rows of 1 − cos(a, b), divided by `n`, with PyTorch's ε inside the norms.
+/// Σ over rows of 1 − cos(a, b), divided by `n`, with PyTorch's ε inside the norms; in float32
+/// whatever the models' types.
 fn cosine_loss(a: &Tensor, b: &Tensor, n: usize) -> Result<Tensor> {
+    let (a, b) = (&a.to_dtype(DType::F32)?, &b.to_dtype(DType::F32)?);
     let dot = (a * b)?.sum(1)?;
     let na = (a.sqr()?.sum(1)? + 1e-12)?;
     let nb = (b.sqr()?.sum(1)? + 1e-12)?;

@@ -18,7 +18,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Ten
 use rayon::prelude::*;
 
 use crate::model::fused::with_f32_slice;
-use crate::model::ops::fast_exp;
+use crate::model::ops::{fast_exp, log_softmax};
 
 /// Per-row constants of the forward pass, kept for the backward pass: the maxima and the
 /// sums of exponentials of the student at T, the teacher at T and the student at T = 1.
@@ -42,8 +42,9 @@ struct VocabLoss {
 }
 
 /// Per-row `[kl_T(teacher ‖ student), ce(student, target), Σ(s − t)²]` where `s` and `t` are the
-/// (rows, vocab) float32 logits `*_unbiased` plus their output biases; differentiable in the
-/// student's logits and bias.
+/// (rows, vocab) logits `*_unbiased` plus their output biases; differentiable in the student's
+/// logits and bias. The fused kernel takes float32 on the CPU; anything else (a GPU) takes
+/// [`vocab_loss_composite`].
 pub fn vocab_loss(
     student_unbiased: &Tensor,
     student_bias: &Tensor,
@@ -52,7 +53,20 @@ pub fn vocab_loss(
     targets: &[i64],
     temperature: f64,
 ) -> Result<Tensor> {
-    let teacher_bias: Vec<f32> = teacher_bias.detach().to_dtype(DType::F32)?.to_vec1()?;
+    let fused = [student_unbiased, student_bias, teacher_unbiased, teacher_bias]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if !fused {
+        return vocab_loss_composite(
+            student_unbiased,
+            student_bias,
+            teacher_unbiased,
+            teacher_bias,
+            targets,
+            temperature,
+        );
+    }
+    let teacher_bias: Vec<f32> = teacher_bias.detach().to_vec1()?;
     let op = VocabLoss {
         targets: targets.to_vec(),
         temperature: temperature as f32,
@@ -60,6 +74,33 @@ pub fn vocab_loss(
         stats: Mutex::new(Vec::new()),
     };
     student_unbiased.contiguous()?.apply_op3(&teacher_unbiased.detach().contiguous()?, &student_bias.contiguous()?, op)
+}
+
+/// The values of [`vocab_loss`] from differentiable tensor ops, in float32 on any device: the
+/// reference the fused kernel is checked against, and the form used where it does not run. It
+/// holds several (rows × vocab) tensors at once, as the reference implementation does.
+pub fn vocab_loss_composite(
+    student_unbiased: &Tensor,
+    student_bias: &Tensor,
+    teacher_unbiased: &Tensor,
+    teacher_bias: &Tensor,
+    targets: &[i64],
+    temperature: f64,
+) -> Result<Tensor> {
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let s = f32(&student_unbiased.broadcast_add(student_bias)?)?;
+    let t = f32(&teacher_unbiased.detach().broadcast_add(&teacher_bias.detach())?)?;
+    let log_s = log_softmax(&(&s / temperature)?)?;
+    let log_t = log_softmax(&(&t / temperature)?)?;
+    let kl = (log_t.exp()? * (&log_t - &log_s)?)?.sum_keepdim(1)?;
+    let rows = targets.len();
+    let index: Vec<u32> = targets.iter().map(|&t| t.max(0) as u32).collect();
+    let has_target: Vec<f32> = targets.iter().map(|&t| if t >= 0 { 1.0 } else { 0.0 }).collect();
+    let index = Tensor::from_vec(index, (rows, 1), s.device())?;
+    let has_target = Tensor::from_vec(has_target, (rows, 1), s.device())?;
+    let ce = (log_softmax(&s)?.gather(&index, 1)? * has_target)?.neg()?;
+    let sq = (&s - &t)?.sqr()?.sum_keepdim(1)?;
+    Tensor::cat(&[kl, ce, sq], 1)
 }
 
 fn slice_of<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -320,24 +361,8 @@ impl CustomOp3 for VocabLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ops::{log_softmax, softmax};
     use crate::rng::Rng;
     use candle_core::{Device, Var};
-
-    /// The per-row values written as plain differentiable tensor ops.
-    fn composite(s: &Tensor, t: &Tensor, targets: &[i64], temperature: f64) -> Tensor {
-        let (rows, vocab) = s.dims2().unwrap();
-        let ls = log_softmax(&(s / temperature).unwrap()).unwrap();
-        let lt = log_softmax(&(t / temperature).unwrap()).unwrap();
-        let pt = softmax(&(t / temperature).unwrap()).unwrap();
-        let kl = (pt * (lt - ls).unwrap()).unwrap().sum_keepdim(1).unwrap();
-        let onehot: Vec<f32> =
-            (0..rows * vocab).map(|k| if targets[k / vocab] == (k % vocab) as i64 { 1.0 } else { 0.0 }).collect();
-        let onehot = Tensor::from_vec(onehot, (rows, vocab), s.device()).unwrap();
-        let ce = (log_softmax(s).unwrap() * onehot).unwrap().sum_keepdim(1).unwrap().neg().unwrap();
-        let sq = (s - t).unwrap().sqr().unwrap().sum_keepdim(1).unwrap();
-        Tensor::cat(&[kl, ce, sq], 1).unwrap()
-    }
 
     #[test]
     fn fused_matches_composite_values_and_gradients() {
@@ -354,8 +379,8 @@ mod tests {
             let weights = Tensor::from_vec(randn(rows * 3, 1.0), (rows, 3), &device).unwrap();
 
             let fused = vocab_loss(s.as_tensor(), sb.as_tensor(), &t, &tb, &targets, temperature).unwrap();
-            let s_full = s.as_tensor().broadcast_add(sb.as_tensor()).unwrap();
-            let reference = composite(&s_full, &t.broadcast_add(&tb).unwrap(), &targets, temperature);
+            let reference =
+                vocab_loss_composite(s.as_tensor(), sb.as_tensor(), &t, &tb, &targets, temperature).unwrap();
             let scale = reference.abs().unwrap().maximum(1f32).unwrap();
             let rel = (&fused - &reference).unwrap().abs().unwrap().div(&scale).unwrap();
             let diff = rel.max_all().unwrap().to_scalar::<f32>().unwrap();

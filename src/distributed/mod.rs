@@ -8,15 +8,16 @@
 //! identical without ever being sent.
 
 pub mod mpi;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
-use candle_core::{Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 
 use self::mpi::{Launch, Mpi};
-use crate::model::fused::with_f32_slice;
 
 /// Elements per all-reduce call when gradients are exchanged (16 MiB of float32).
 const BUCKET: usize = 1 << 22;
@@ -25,6 +26,9 @@ const BUCKET: usize = 1 << 22;
 #[derive(Clone, Default)]
 pub struct World {
     mpi: Option<Arc<Mpi>>,
+    /// GPU-to-GPU sums, once [`World::use_device`] is given a CUDA device.
+    #[cfg(feature = "nccl")]
+    nccl: Option<Arc<nccl::Nccl>>,
 }
 
 impl std::fmt::Debug for World {
@@ -36,14 +40,18 @@ impl std::fmt::Debug for World {
 impl World {
     /// One process alone.
     pub fn single() -> Self {
-        World { mpi: None }
+        World::default()
     }
 
     /// Joins the MPI job when `mpirun` started this process, and is alone otherwise.
     pub fn from_launch() -> Result<Self> {
         match mpi::launch() {
             Launch::Alone => Ok(World::single()),
-            Launch::OpenMpi => Ok(World { mpi: Some(Arc::new(Mpi::init()?)) }),
+            Launch::OpenMpi => Ok(World {
+                mpi: Some(Arc::new(Mpi::init()?)),
+                #[cfg(feature = "nccl")]
+                nccl: None,
+            }),
             Launch::Other(what) => {
                 bail!("started by {what}; distil's multi-process training runs under Open MPI's mpirun")
             }
@@ -86,37 +94,76 @@ impl World {
         }
     }
 
+    /// Prepares the collectives for gradients on `device`: with the `nccl` feature and a CUDA
+    /// device, an NCCL communicator (a collective call of all ranks); otherwise nothing, and
+    /// gradients on a GPU go through host memory and MPI.
+    pub fn use_device(&mut self, device: &Device) -> Result<()> {
+        #[cfg(feature = "nccl")]
+        if let (Some(mpi), true) = (&self.mpi, device.is_cuda()) {
+            self.nccl = Some(Arc::new(nccl::Nccl::new(mpi, device)?));
+        }
+        let _ = device;
+        Ok(())
+    }
+
     /// Sums each parameter's gradient over all ranks. A rank that had nothing to compute (an
     /// empty share of the batch) contributes zeros for the parameters it has no gradient of.
     pub fn sum_gradients(&self, grads: &mut BTreeMap<String, Tensor>, params: &BTreeMap<String, Var>) -> Result<()> {
         let Some(mpi) = &self.mpi else { return Ok(()) };
         // Every rank walks the parameters in the same (name) order, so the buffers line up.
-        let total: usize = params.values().map(|p| p.elem_count()).sum();
-        let mut flat = Vec::with_capacity(total);
-        for (name, param) in params {
-            match grads.get(name) {
-                Some(g) => with_f32_slice(&g.contiguous()?, |s| {
-                    flat.extend_from_slice(s);
-                    Ok(())
-                })?,
-                None => flat.resize(flat.len() + param.elem_count(), 0.0),
+        let flat = params
+            .iter()
+            .map(|(name, param)| match grads.get(name) {
+                Some(g) => g.flatten_all(),
+                None => param.zeros_like()?.flatten_all(),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let Some(first) = flat.first() else { return Ok(()) };
+        let device = first.device().clone();
+        let all = Tensor::cat(&flat, 0)?;
+        drop(flat);
+        let summed = match self.gpu_sum(&all)? {
+            Some(summed) => summed,
+            None => {
+                // Through host memory, in buckets, for gradients on a GPU too.
+                let mut host: Vec<f32> = all.to_device(&Device::Cpu)?.to_vec1()?;
+                for bucket in host.chunks_mut(BUCKET) {
+                    mpi.sum_f32(bucket)?;
+                }
+                let n = host.len();
+                Tensor::from_vec(host, n, &device)?
             }
-        }
-        for bucket in flat.chunks_mut(BUCKET) {
-            mpi.sum_f32(bucket)?;
-        }
+        };
         let mut offset = 0;
         for (name, param) in params {
             let n = param.elem_count();
-            let summed = Tensor::from_slice(&flat[offset..offset + n], param.shape(), param.device())?;
-            grads.insert(name.clone(), summed);
+            grads.insert(name.clone(), summed.narrow(0, offset, n)?.reshape(param.shape())?);
             offset += n;
         }
         Ok(())
     }
+
+    /// The sum over all ranks by NCCL, when there is a communicator for this tensor's GPU.
+    fn gpu_sum(&self, t: &Tensor) -> Result<Option<Tensor>> {
+        #[cfg(feature = "nccl")]
+        if let (Some(nccl), true) = (&self.nccl, t.device().is_cuda()) {
+            return Ok(Some(nccl.sum(t)?));
+        }
+        let _ = t;
+        Ok(None)
+    }
+}
+
+fn launch_number(name: &str, alone: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(alone)
 }
 
 /// Ranks of this job on this machine, as Open MPI tells its processes.
 pub fn local_ranks() -> usize {
-    std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+    launch_number("OMPI_COMM_WORLD_LOCAL_SIZE", 1)
+}
+
+/// This process's number among the ranks on its machine (0 when alone).
+pub fn local_rank() -> usize {
+    launch_number("OMPI_COMM_WORLD_LOCAL_RANK", 0)
 }

@@ -19,6 +19,7 @@ type InitThread = unsafe extern "C" fn(*mut c_int, *mut *mut *mut c_char, c_int,
 type CommQuery = unsafe extern "C" fn(Handle, *mut c_int) -> c_int;
 type Allreduce = unsafe extern "C" fn(*const c_void, *mut c_void, c_int, Handle, Handle, Handle) -> c_int;
 type Barrier = unsafe extern "C" fn(Handle) -> c_int;
+type Bcast = unsafe extern "C" fn(*mut c_void, c_int, Handle, c_int, Handle) -> c_int;
 type Abort = unsafe extern "C" fn(Handle, c_int) -> c_int;
 type Finalize = unsafe extern "C" fn() -> c_int;
 
@@ -54,11 +55,13 @@ pub fn launch() -> Launch {
 pub struct Mpi {
     allreduce: Allreduce,
     barrier: Barrier,
+    bcast: Bcast,
     abort: Abort,
     finalize: Finalize,
     comm_world: Handle,
     float: Handle,
     double: Handle,
+    byte: Handle,
     sum: Handle,
     pub rank: usize,
     pub size: usize,
@@ -145,13 +148,14 @@ impl Mpi {
     pub fn init() -> Result<Self> {
         let lib = Library::open()?;
         // SAFETY: the signatures are those of the MPI standard's C bindings.
-        let (init_thread, comm_rank, comm_size, allreduce, barrier, abort, finalize) = unsafe {
+        let (init_thread, comm_rank, comm_size, allreduce, barrier, bcast, abort, finalize) = unsafe {
             (
                 lib.function::<InitThread>("MPI_Init_thread")?,
                 lib.function::<CommQuery>("MPI_Comm_rank")?,
                 lib.function::<CommQuery>("MPI_Comm_size")?,
                 lib.function::<Allreduce>("MPI_Allreduce")?,
                 lib.function::<Barrier>("MPI_Barrier")?,
+                lib.function::<Bcast>("MPI_Bcast")?,
                 lib.function::<Abort>("MPI_Abort")?,
                 lib.function::<Finalize>("MPI_Finalize")?,
             )
@@ -159,6 +163,7 @@ impl Mpi {
         let comm_world = lib.symbol("ompi_mpi_comm_world")?;
         let float = lib.symbol("ompi_mpi_float")?;
         let double = lib.symbol("ompi_mpi_double")?;
+        let byte = lib.symbol("ompi_mpi_byte")?;
         let sum = lib.symbol("ompi_mpi_op_sum")?;
         let (mut provided, mut rank, mut size) = (0, 0, 0);
         // SAFETY: null argc/argv are allowed since MPI-2; out-pointers are valid.
@@ -176,11 +181,13 @@ impl Mpi {
         Ok(Mpi {
             allreduce,
             barrier,
+            bcast,
             abort,
             finalize,
             comm_world,
             float,
             double,
+            byte,
             sum,
             rank: rank as usize,
             size: size as usize,
@@ -208,6 +215,14 @@ impl Mpi {
 
     pub fn sum_f64(&self, data: &mut [f64]) -> Result<()> {
         self.sum_in_place(data.as_mut_ptr().cast(), data.len(), 8, self.double)
+    }
+
+    /// Rank 0's `data` to every rank (a few bytes: NCCL's unique id).
+    pub fn broadcast_bytes(&self, data: &mut [u8]) -> Result<()> {
+        // SAFETY: `data` is valid for its length in bytes; the handles are valid.
+        let code =
+            unsafe { (self.bcast)(data.as_mut_ptr().cast(), data.len() as c_int, self.byte, 0, self.comm_world) };
+        check(code, "MPI_Bcast")
     }
 
     pub fn barrier(&self) -> Result<()> {

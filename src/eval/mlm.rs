@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
@@ -112,9 +112,13 @@ fn score_chunk(
     teacher: Option<(&Encoder, &Tensor)>,
     targets: &[i64],
 ) -> Result<MlmTally> {
-    let s_logits: Vec<Vec<f32>> = model.logits(s_hidden)?.to_vec2()?;
+    // Each model computes in its own type; the scores are taken in float32 and up.
+    let logits = |m: &Encoder, hidden: &Tensor| -> Result<Vec<Vec<f32>>> {
+        Ok(m.logits(hidden)?.to_dtype(DType::F32)?.to_vec2()?)
+    };
+    let s_logits = logits(model, s_hidden)?;
     let (t_logits, cosines) = match teacher {
-        Some((t, t_hidden)) => (Some(t.logits(t_hidden)?.to_vec2::<f32>()?), Some(row_cosines(s_hidden, t_hidden)?)),
+        Some((t, t_hidden)) => (Some(logits(t, t_hidden)?), Some(row_cosines(s_hidden, t_hidden)?)),
         None => (None, None),
     };
     Ok((0..targets.len())
@@ -172,6 +176,7 @@ fn argmax(x: &[f32]) -> usize {
 }
 
 fn row_cosines(a: &Tensor, b: &Tensor) -> Result<Vec<f32>> {
+    let (a, b) = (&a.to_dtype(DType::F32)?, &b.to_dtype(DType::F32)?);
     let dot = (a * b)?.sum(1)?;
     let norms = (a.sqr()?.sum(1)?.sqrt()? * b.sqr()?.sum(1)?.sqrt()?)?;
     Ok((dot / (norms + 1e-12)?)?.to_vec1()?)

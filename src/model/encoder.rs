@@ -259,10 +259,12 @@ impl MlmHead {
         ops::linear(&self.transform(hidden)?, &self.decoder, Some(&self.bias))
     }
 
-    /// The logits before the output bias, and that bias: the fused vocabulary loss adds it
-    /// itself, saving two passes over (tokens × vocabulary) and their backward.
+    /// The logits before the output bias, and that bias, in float32 whatever the model's type
+    /// (the losses reduce in float32): the fused vocabulary loss adds the bias itself, saving
+    /// two passes over (tokens × vocabulary) and their backward.
     pub fn unbiased_logits(&self, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((ops::linear(&self.transform(hidden)?, &self.decoder, None)?, self.bias.clone()))
+        let logits = ops::linear(&self.transform(hidden)?, &self.decoder, None)?;
+        Ok((logits.to_dtype(DType::F32)?, self.bias.to_dtype(DType::F32)?))
     }
 }
 

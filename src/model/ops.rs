@@ -32,9 +32,18 @@ pub fn gather_rows(hidden: &Tensor, rows: &[u32]) -> Result<Tensor> {
     hidden.reshape((b * s, h))?.index_select(&index, 0)
 }
 
+fn is_half(dtype: DType) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16)
+}
+
 /// LayerNorm over the last dimension, with a biased variance as PyTorch computes it: the fused
-/// kernel on the CPU, the composite form elsewhere.
+/// kernel on the CPU, the composite form elsewhere. Half-precision inputs are normalised in
+/// float32 (as mixed precision does everywhere): their mean and variance would lose too much.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if is_half(x.dtype()) {
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        return layer_norm(&f32(x)?, &f32(weight)?, &f32(bias)?, eps)?.to_dtype(x.dtype());
+    }
     if x.device().is_cpu() {
         x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, fused::LayerNorm { eps })
     } else {
@@ -59,8 +68,11 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Attention probabilities: softmax over the keys of `scores` (batch, heads, queries, keys)
-/// plus the additive key `mask` (batch, 1, 1, keys).
+/// plus the additive key `mask` (batch, 1, 1, keys); in float32 for half-precision scores.
 pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if is_half(scores.dtype()) {
+        return masked_softmax(&scores.to_dtype(DType::F32)?, &mask.to_dtype(DType::F32)?)?.to_dtype(scores.dtype());
+    }
     if scores.device().is_cpu() {
         scores.contiguous()?.apply_op2(&mask.contiguous()?, fused::MaskedSoftmax)
     } else {

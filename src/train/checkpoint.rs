@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::loss_scale::LossScale;
 use crate::corpus::batches::Cursor;
 use crate::model::checkpoint::write_atomic;
 use crate::model::Weights;
@@ -30,6 +31,9 @@ pub struct RunState {
     pub cursor: Cursor,
     pub skipped: u64,
     pub consecutive_skipped: u64,
+    /// Float16's dynamic loss scale (1 and fixed for other types).
+    #[serde(default)]
+    pub loss_scale: LossScale,
 }
 
 fn checkpoints_dir(run: &Path) -> PathBuf {

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::DType;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
@@ -35,6 +36,56 @@ pub struct RunConfig {
     pub masking: MaskingConfig,
     #[serde(default)]
     pub run: RunLength,
+    #[serde(default)]
+    pub compute: ComputeConfig,
+}
+
+/// A floating-point type of the forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl Precision {
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+}
+
+/// Numeric precision. Whatever the forward and backward passes run in, the master weights,
+/// the optimiser's moments, the gradients it applies and the loss reductions stay float32.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComputeConfig {
+    /// The student's forward and backward passes: `f32`, `bf16`, or `f16` (with dynamic loss
+    /// scaling, as its range is narrow).
+    pub dtype: Precision,
+    /// The teacher's forward pass; it only supplies targets, so it may run in half precision
+    /// while the student does not.
+    pub teacher_dtype: Precision,
+}
+
+impl Default for ComputeConfig {
+    fn default() -> Self {
+        ComputeConfig { dtype: Precision::F32, teacher_dtype: Precision::F32 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +253,7 @@ fn check_keys(table: &Table) -> Result<()> {
         batch: Default::default(),
         masking: Default::default(),
         run: Default::default(),
+        compute: Default::default(),
     };
     let known_table: Table = toml::from_str(&example.to_toml()?)?;
     let mut known = Vec::new();
@@ -264,8 +316,8 @@ mod tests {
         let example = RunConfig::load(&path, &[]).unwrap();
         let defaults = RunConfig::from_table(table("student = 's'\ncorpus = 'c'\nout = 'o'")).unwrap();
         assert_eq!(
-            (&example.loss, &example.optim, &example.batch, &example.masking, &example.run),
-            (&defaults.loss, &defaults.optim, &defaults.batch, &defaults.masking, &defaults.run)
+            (&example.loss, &example.optim, &example.batch, &example.masking, &example.run, &example.compute),
+            (&defaults.loss, &defaults.optim, &defaults.batch, &defaults.masking, &defaults.run, &defaults.compute)
         );
         assert!(example.teacher.is_some());
     }

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod loss_scale;
 pub mod metrics;
 pub mod optim;
 pub mod run;

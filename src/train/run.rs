@@ -14,11 +14,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Var};
+use candle_core::{DType, Device, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoint::{self as run_checkpoint, RunState};
 use super::config::RunConfig;
+use super::loss_scale::LossScale;
 use super::metrics::{EvalRecord, MetricsLog, Record, StepRecord};
 use super::optim::{add_gradients, clip_scale, grad_norm, AdamW, Gradients};
 use super::schedule::LinearSchedule;
@@ -34,8 +35,10 @@ use crate::model::{checkpoint, Checkpoint, Encoder, EncoderInput, ModelConfig, T
 use crate::rng::Rng;
 
 /// How this invocation runs, beyond the config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TrainOptions {
+    /// Where the run computes. Not part of the config: a run may resume on another device.
+    pub device: Device,
     /// Continue the run in `config.out` from its newest checkpoint.
     pub resume: bool,
     /// Stop (with a checkpoint) after this step, as an interruption would.
@@ -44,6 +47,12 @@ pub struct TrainOptions {
     pub interrupt: Option<Arc<AtomicBool>>,
     /// The ranks this process trains with (one, unless started by `mpirun`).
     pub world: World,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions { device: Device::Cpu, resume: false, stop_after: None, interrupt: None, world: World::single() }
+    }
 }
 
 /// Where a run ended.
@@ -83,6 +92,20 @@ impl Student {
         all.extend(vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
         let model = Encoder::new(&config, &all)?;
         Ok(Student { config, vars, frozen, model })
+    }
+
+    /// The model that computes the student's forward and backward passes: the float32 one
+    /// itself, or one over the weights cast to `dtype`, through which the gradients still
+    /// reach the float32 variables.
+    fn in_precision(&self, dtype: DType) -> Result<Option<Encoder>> {
+        if dtype == DType::F32 {
+            return Ok(None);
+        }
+        let mut cast = Weights::new();
+        for (name, t) in self.frozen.iter().chain(self.vars.iter().map(|(k, v)| (k, v.as_tensor()))) {
+            cast.insert(name.clone(), t.to_dtype(dtype)?);
+        }
+        Ok(Some(Encoder::new(&self.config, &cast)?))
     }
 
     fn weights(&self) -> Weights {
@@ -135,25 +158,29 @@ fn loss_rows(loss: &LossConfig, distilling: bool, batch: &MaskedBatch) -> Result
 
 /// The loss of one masked batch, averaged over `whole` (the counts of the batch this one is a
 /// part of): distillation with a teacher, MLM alone without.
+#[allow(clippy::too_many_arguments)]
 fn batch_loss(
     loss: &LossConfig,
     student: &Student,
+    dtype: DType,
     teacher: Option<&Encoder>,
     batch: &MaskedBatch,
     whole: RowCounts,
     dropout: &mut Rng,
     device: &Device,
 ) -> Result<LossParts> {
+    let cast = student.in_precision(dtype)?;
+    let model = cast.as_ref().unwrap_or(&student.model);
     let s_input = model_input(&student.config, batch, device)?;
-    let s_last = student.model.forward(&s_input, Some(dropout))?.pop().unwrap();
+    let s_last = model.forward(&s_input, Some(dropout))?.pop().unwrap();
     let rows = loss_rows(loss, teacher.is_some(), batch)?.averaged_over(whole);
     match teacher {
         Some(teacher) => {
             let t_input = model_input(&teacher.cfg, batch, device)?;
             let t_last = teacher.forward(&t_input, None)?.pop().unwrap().detach();
-            distillation_loss(loss, &student.model, &s_last, teacher, &t_last, &rows)
+            distillation_loss(loss, model, &s_last, teacher, &t_last, &rows)
         }
-        None => mlm_loss(&student.model, &s_last, &rows),
+        None => mlm_loss(model, &s_last, &rows),
     }
 }
 
@@ -196,7 +223,8 @@ fn progress_bar(total: u64, start: u64) -> ProgressBar {
 
 /// Runs (or resumes) a training run to its end, or to `stop_after` / an interruption.
 pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
-    let device = Device::Cpu;
+    let device = options.device.clone();
+    let dtype = config.compute.dtype.dtype();
     let out = &config.out;
     let seed = config.run.seed;
     let world = &options.world;
@@ -222,7 +250,10 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
             if !ckpt.has_head {
                 bail!("the teacher {} has no MLM head; give it one with `distil teacher fit-head`", dir.display());
             }
-            Some(Encoder::new(&ckpt.config, &ckpt.weights)?)
+            let teacher_dtype = config.compute.teacher_dtype.dtype();
+            let weights: Weights =
+                ckpt.weights.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(teacher_dtype)?))).collect::<Result<_>>()?;
+            Some(Encoder::new(&ckpt.config, &weights)?)
         }
         None => None,
     };
@@ -273,6 +304,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
         cursor: batcher.cursor(),
         skipped: 0,
         consecutive_skipped: 0,
+        loss_scale: LossScale::new(config.compute.dtype),
     };
     // Every rank has checked the run folder before the leader creates it.
     world.barrier()?;
@@ -291,6 +323,14 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
     }
     if leader && world.size() > 1 {
         eprintln!("training on {} ranks; each takes its part of every batch", world.size());
+    }
+    if leader && (!device.is_cpu() || dtype != DType::F32) {
+        eprintln!(
+            "computing on {}: student in {}, teacher in {}",
+            crate::device::name(&device),
+            config.compute.dtype,
+            config.compute.teacher_dtype
+        );
     }
     let mut metrics = if leader { Some(MetricsLog::open(out, state.step)?) } else { None };
     let bar = if leader { progress_bar(total_steps, state.step) } else { ProgressBar::hidden() };
@@ -316,14 +356,17 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
                 continue;
             }
             let mut dropout = dropout_rng(seed, step, micro, world.rank());
-            let parts = batch_loss(&config.loss, &student, teacher.as_ref(), &batch, counts, &mut dropout, &device)?;
+            let parts =
+                batch_loss(&config.loss, &student, dtype, teacher.as_ref(), &batch, counts, &mut dropout, &device)?;
             let values = parts.values()?;
             if !values.total.is_finite() {
                 finite = false;
                 continue;
             }
-            // Micro-batches are averaged, as one large batch would be.
-            add_gradients(&mut grads, &student.vars, &(parts.total / config.batch.accumulation as f64)?)?;
+            // Micro-batches are averaged, as one large batch would be; the loss scale (float16)
+            // is taken out of the gradients again below.
+            let divisor = config.batch.accumulation as f64 / state.loss_scale.scale;
+            add_gradients(&mut grads, &student.vars, &(parts.total / divisor)?)?;
             accumulate(&mut sum, &values, config.batch.accumulation);
         }
         let interrupted = options.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
@@ -338,12 +381,18 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
         if finite {
             world.sum_gradients(&mut grads, &student.vars)?;
         }
-        let grad_norm = if finite { grad_norm(&grads)? } else { f64::NAN };
+        let scale = state.loss_scale.scale;
+        let grad_norm = if finite { grad_norm(&grads)? / scale } else { f64::NAN };
         let lr = schedule.lr(step);
         state.cursor = batcher.cursor();
         state.step = step;
-        if finite && grad_norm.is_finite() {
-            optimizer.step(&grads, lr, clip_scale(grad_norm, config.optim.clip_grad_norm))?;
+        if finite && state.loss_scale.overflowed(grad_norm) {
+            state.skipped += 1;
+            bar.println(format!(
+                "step {step}: float16 gradients overflowed at loss scale {scale}; step skipped, scale halved"
+            ));
+        } else if finite && grad_norm.is_finite() {
+            optimizer.step(&grads, lr, clip_scale(grad_norm, config.optim.clip_grad_norm) / scale)?;
             state.optimizer_steps = optimizer.step;
             state.consecutive_skipped = 0;
         } else {
