@@ -61,37 +61,12 @@ fi
 
 mkdir -p target/bench-step
 RESULTS="target/bench-step/results-$(date +%Y%m%d-%H%M%S).jsonl"
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
 : > "$RESULTS"
-
-# BERT-base's config, for distil's side of the base size (the PyTorch side builds the same in Python).
-mkdir -p "$WORK/bert-base"
-cat > "$WORK/bert-base/config.json" <<'EOF'
-{
-  "architectures": ["BertForMaskedLM"],
-  "model_type": "bert",
-  "attention_probs_dropout_prob": 0.1,
-  "hidden_act": "gelu",
-  "hidden_dropout_prob": 0.1,
-  "hidden_size": 768,
-  "initializer_range": 0.02,
-  "intermediate_size": 3072,
-  "layer_norm_eps": 1e-12,
-  "max_position_embeddings": 512,
-  "num_attention_heads": 12,
-  "num_hidden_layers": 12,
-  "pad_token_id": 0,
-  "position_embedding_type": "absolute",
-  "type_vocab_size": 2,
-  "vocab_size": 30522
-}
-EOF
 
 teacher_config() {
     case "$1" in
         minilm) echo "assets/all-MiniLM-L6-v2" ;;
-        base) echo "$WORK/bert-base" ;;
+        base) echo "benches/configs/bert-base" ;;   # BERT-base's config.json
         *) echo "unknown size $1 (minilm or base)" >&2; exit 2 ;;
     esac
 }
