@@ -2,6 +2,7 @@
 //! WordPiece tokenizer built from `vocab.txt` when that is all a checkpoint has.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
 use tokenizers::models::wordpiece::WordPiece;
@@ -22,7 +23,11 @@ pub struct SpecialTokens {
 }
 
 pub struct TextTokenizer {
+    /// Without the padding and truncation a `tokenizer.json` may carry: distil sets them per use.
     inner: Tokenizer,
+    /// A copy that truncates to the length it is keyed by, kept between calls: cloning a
+    /// tokenizer (its whole vocabulary) for every call cost more than encoding a sentence.
+    truncating: Mutex<Option<(usize, Tokenizer)>>,
     pub special: SpecialTokens,
     /// Where it was read from, for messages.
     pub source: PathBuf,
@@ -73,7 +78,10 @@ impl TextTokenizer {
         };
         let special =
             SpecialTokens { start: need(0)?, end: need(1)?, mask: need(2)?, pad: need(3)?, unk: find(names, 4) };
-        Ok(TextTokenizer { inner, special, source })
+        let mut inner = inner;
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| anyhow!("cannot turn truncation off: {e}"))?;
+        Ok(TextTokenizer { inner, truncating: Mutex::new(None), special, source })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -111,10 +119,14 @@ impl TextTokenizer {
     /// Encodes texts with the start and end tokens, truncated to `max_len` tokens and padded
     /// to the longest.
     pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], max_len: usize) -> Result<EncodedBatch> {
-        let mut tok = self.inner.clone();
-        tok.with_padding(None);
-        tok.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
-            .map_err(|e| anyhow!("cannot set truncation to {max_len} tokens: {e}"))?;
+        let mut cached = self.truncating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cached.as_ref().is_none_or(|(len, _)| *len != max_len) {
+            let mut tok = self.inner.clone();
+            tok.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+                .map_err(|e| anyhow!("cannot set truncation to {max_len} tokens: {e}"))?;
+            *cached = Some((max_len, tok));
+        }
+        let (_, tok) = cached.as_ref().expect("set above");
         let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
         let encodings =
             tok.encode_batch(inputs, true).map_err(|e| anyhow!("tokenizer {} failed: {e}", self.source.display()))?;
@@ -139,10 +151,11 @@ impl TextTokenizer {
     /// corpus building cuts long texts into pieces of the model's length and wraps each itself.
     /// Texts are encoded in parallel on the current rayon pool.
     pub fn encode_unwrapped<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
-        let tok = self.untruncated()?;
         let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-        let encodings =
-            tok.encode_batch(inputs, false).map_err(|e| anyhow!("tokenizer {} failed: {e}", self.source.display()))?;
+        let encodings = self
+            .inner
+            .encode_batch(inputs, false)
+            .map_err(|e| anyhow!("tokenizer {} failed: {e}", self.source.display()))?;
         Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
@@ -153,19 +166,11 @@ impl TextTokenizer {
     pub fn fingerprint(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
         let json = self
-            .untruncated()?
+            .inner
             .to_string(false)
             .map_err(|e| anyhow!("cannot serialise tokenizer {}: {e}", self.source.display()))?;
         let digest = Sha256::digest(json.as_bytes());
         Ok(format!("sha256:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
-    }
-
-    /// The tokenizer without the padding and truncation a `tokenizer.json` may carry.
-    fn untruncated(&self) -> Result<Tokenizer> {
-        let mut tok = self.inner.clone();
-        tok.with_padding(None);
-        tok.with_truncation(None).map_err(|e| anyhow!("cannot turn truncation off: {e}"))?;
-        Ok(tok)
     }
 }
 
