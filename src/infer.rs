@@ -13,7 +13,7 @@ use crate::model::{ops, Checkpoint, Encoder, EncoderInput, TextTokenizer};
 /// A checkpoint read strictly, with its encoder built.
 pub fn load_encoder(dir: &Path, device: &Device) -> Result<(Checkpoint, Encoder)> {
     let ckpt = Checkpoint::load(dir, device)?;
-    let encoder = Encoder::new(&ckpt.config, &ckpt.weights)?;
+    let encoder = Encoder::frozen(&ckpt.config, &ckpt.weights)?;
     Ok((ckpt, encoder))
 }
 

@@ -26,7 +26,7 @@ pub fn batch_loss(
     // The batch goes where the models' weights are.
     let device = student.weights.values().next().map_or(Device::Cpu, |t| t.device().clone());
     let labels = batch.labels.as_ref().context("the batch has no `labels` (−100 where a position has no target)")?;
-    let teacher_model = Encoder::new(&teacher.config, &teacher.weights)?;
+    let teacher_model = Encoder::frozen(&teacher.config, &teacher.weights)?;
     let vars: BTreeMap<String, Var> =
         student.weights.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<Result<_>>()?;
     let weights: Weights = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();

@@ -178,7 +178,7 @@ pub fn fit_head(teacher_dir: &Path, corpus_dir: &Path, out: &Path, options: &Fit
     if corpus.is_empty() {
         bail!("the corpus {} has no training sequences", corpus_dir.display());
     }
-    let frozen = Encoder::new(&teacher.config, &teacher.weights)?;
+    let frozen = Encoder::frozen(&teacher.config, &teacher.weights)?;
     let vocab = teacher.config.vocab_size;
 
     // 1. The encoder's outputs at masked positions, computed once.

@@ -125,7 +125,7 @@ pub fn classify(model_dir: &Path, data: &Dataset, options: &ClassifyOptions) -> 
     let mut macro_f1s = Vec::new();
     match options.mode {
         Mode::Probe => {
-            let encoder = Encoder::new(&ckpt.config, &ckpt.weights)?;
+            let encoder = Encoder::frozen(&ckpt.config, &ckpt.weights)?;
             let mut x_train = pooled_embeddings(&encoder, &train, pad, options.batch_size)?;
             let mut x_test = pooled_embeddings(&encoder, &test, pad, options.batch_size)?;
             let scaler = Standardiser::fit(&x_train);

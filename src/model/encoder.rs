@@ -182,14 +182,50 @@ impl EncoderInput {
     }
 }
 
+/// How an encoder holds its weight matrices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// As checkpoints store them ([out, in]): the tensors themselves, which training
+    /// differentiates.
+    Trainable,
+    /// Copied once into the forms a forward pass reads fastest: matrices transposed to
+    /// contiguous [in, out] (the matrix product would otherwise repack the whole matrix on every
+    /// call, most of a batch-1 pass), query, key and value in one matrix, and the attention
+    /// scale folded into the query. For encoders nothing differentiates: teachers, evaluation,
+    /// inference.
+    Frozen,
+}
+
+/// A weight matrix in one of the two layouts.
+enum Matrix {
+    OutIn(Tensor),
+    InOut(Tensor),
+}
+
+impl Matrix {
+    fn new(out_in: Tensor, layout: Layout) -> Result<Self> {
+        Ok(match layout {
+            Layout::Trainable => Matrix::OutIn(out_in),
+            Layout::Frozen => Matrix::InOut(out_in.t()?.contiguous()?),
+        })
+    }
+
+    fn apply(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        match self {
+            Matrix::OutIn(w) => ops::linear(x, w, bias),
+            Matrix::InOut(w) => ops::linear_in_out(x, w, bias),
+        }
+    }
+}
+
 struct Linear {
-    weight: Tensor,
+    weight: Matrix,
     bias: Tensor,
 }
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::linear(x, &self.weight, Some(&self.bias))
+        self.weight.apply(x, Some(&self.bias))
     }
 }
 
@@ -208,6 +244,7 @@ impl LayerNorm {
 /// Looks tensors up by canonical name, with an error that names the missing one.
 struct Getter<'a> {
     weights: &'a Weights,
+    layout: Layout,
 }
 
 impl Getter<'_> {
@@ -215,7 +252,27 @@ impl Getter<'_> {
         self.weights.get(name).cloned().with_context(|| format!("model weights have no tensor `{name}`"))
     }
     fn linear(&self, prefix: &str) -> anyhow::Result<Linear> {
-        Ok(Linear { weight: self.get(&format!("{prefix}.weight"))?, bias: self.get(&format!("{prefix}.bias"))? })
+        let weight = Matrix::new(self.get(&format!("{prefix}.weight"))?, self.layout)?;
+        Ok(Linear { weight, bias: self.get(&format!("{prefix}.bias"))? })
+    }
+
+    /// Query, key and value of layer `prefix`; `scale` is the attention's 1/√d.
+    fn attention_in(&self, prefix: &str, scale: f64) -> anyhow::Result<AttentionIn> {
+        let name = |proj: &str, part: &str| format!("{prefix}.attention.{proj}.{part}");
+        Ok(match self.layout {
+            Layout::Trainable => AttentionIn::Separate {
+                query: self.linear(&format!("{prefix}.attention.query"))?,
+                key: self.linear(&format!("{prefix}.attention.key"))?,
+                value: self.linear(&format!("{prefix}.attention.value"))?,
+            },
+            Layout::Frozen => {
+                let part = |part: &str| -> anyhow::Result<Tensor> {
+                    let q = (self.get(&name("query", part))? * scale)?;
+                    Ok(Tensor::cat(&[q, self.get(&name("key", part))?, self.get(&name("value", part))?], 0)?)
+                };
+                AttentionIn::Fused(Linear { weight: Matrix::new(part("weight")?, self.layout)?, bias: part("bias")? })
+            }
+        })
     }
     fn norm(&self, prefix: &str, eps: f64) -> anyhow::Result<LayerNorm> {
         Ok(LayerNorm {
@@ -226,10 +283,39 @@ impl Getter<'_> {
     }
 }
 
+/// The projections into query, key and value.
+enum AttentionIn {
+    Separate {
+        query: Linear,
+        key: Linear,
+        value: Linear,
+    },
+    /// One matrix [hidden, 3 × hidden] for the three, the query's part pre-scaled by 1/√d.
+    Fused(Linear),
+}
+
+impl AttentionIn {
+    /// Query (scaled by 1/√d), key and value as (batch, heads, sequence, head size), contiguous.
+    fn project(&self, x: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, s, h) = x.dims3()?;
+        let d = h / heads;
+        match self {
+            AttentionIn::Separate { query, key, value } => {
+                let split = |t: Tensor| t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous();
+                let q = split((query.forward(x)? * (1.0 / (d as f64).sqrt()))?)?;
+                Ok((q, split(key.forward(x)?)?, split(value.forward(x)?)?))
+            }
+            AttentionIn::Fused(qkv) => {
+                // (b, s, 3, heads, d) → (3, b, heads, s, d) in one copy.
+                let all = qkv.forward(x)?.reshape((b, s, 3, heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
+                Ok((all.get(0)?, all.get(1)?, all.get(2)?))
+            }
+        }
+    }
+}
+
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    attention_in: AttentionIn,
     output: Linear,
     attention_norm: LayerNorm,
     up: Linear,
@@ -243,7 +329,7 @@ pub struct MlmHead {
     transform: Linear,
     activation: Activation,
     norm: LayerNorm,
-    decoder: Tensor,
+    decoder: Matrix,
     bias: Tensor,
 }
 
@@ -256,14 +342,14 @@ impl MlmHead {
 
     /// Logits over the vocabulary for every position.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        ops::linear(&self.transform(hidden)?, &self.decoder, Some(&self.bias))
+        self.decoder.apply(&self.transform(hidden)?, Some(&self.bias))
     }
 
     /// The logits before the output bias, and that bias, in float32 whatever the model's type
     /// (the losses reduce in float32): the fused vocabulary loss adds the bias itself, saving
     /// two passes over (tokens × vocabulary) and their backward.
     pub fn unbiased_logits(&self, hidden: &Tensor) -> Result<(Tensor, Tensor)> {
-        let logits = ops::linear(&self.transform(hidden)?, &self.decoder, None)?;
+        let logits = self.decoder.apply(&self.transform(hidden)?, None)?;
         Ok((logits.to_dtype(DType::F32)?, self.bias.to_dtype(DType::F32)?))
     }
 }
@@ -279,17 +365,28 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Builds the modules over `weights`; the head exists when its tensors do.
+    /// Builds the modules over `weights` themselves, so that gradients reach them (training);
+    /// the head exists when its tensors do.
     pub fn new(cfg: &ModelConfig, weights: &Weights) -> anyhow::Result<Self> {
-        let g = Getter { weights };
+        Self::build(cfg, weights, Layout::Trainable)
+    }
+
+    /// An encoder for forward passes only (teachers, evaluation, inference), over copies of
+    /// `weights` in the layout the forward pass reads fastest; same outputs as [`Encoder::new`]
+    /// to float32 rounding.
+    pub fn frozen(cfg: &ModelConfig, weights: &Weights) -> anyhow::Result<Self> {
+        Self::build(cfg, weights, Layout::Frozen)
+    }
+
+    fn build(cfg: &ModelConfig, weights: &Weights, layout: Layout) -> anyhow::Result<Self> {
+        let g = Getter { weights, layout };
         let eps = cfg.layer_norm_eps;
+        let scale = 1.0 / (cfg.head_dim() as f64).sqrt();
         let layers = (0..cfg.num_layers)
             .map(|l| {
                 let p = format!("layers.{l}");
                 Ok(Layer {
-                    query: g.linear(&format!("{p}.attention.query"))?,
-                    key: g.linear(&format!("{p}.attention.key"))?,
-                    value: g.linear(&format!("{p}.attention.value"))?,
+                    attention_in: g.attention_in(&p, scale)?,
                     output: g.linear(&format!("{p}.attention.output"))?,
                     attention_norm: g.norm(&format!("{p}.attention_norm"), eps)?,
                     up: g.linear(&format!("{p}.ffn.up"))?,
@@ -309,7 +406,10 @@ impl Encoder {
                 transform: g.linear("head.transform")?,
                 activation: head_activation,
                 norm: g.norm("head.norm", eps)?,
-                decoder: if cfg.tie_word_embeddings { word.clone() } else { g.get("head.decoder.weight")? },
+                decoder: Matrix::new(
+                    if cfg.tie_word_embeddings { word.clone() } else { g.get("head.decoder.weight")? },
+                    layout,
+                )?,
                 bias: g.get("head.bias")?,
             })
         } else {
@@ -367,11 +467,7 @@ impl Encoder {
     fn layer_forward(&self, layer: &Layer, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, s, h) = x.dims3()?;
-        let (heads, d) = (cfg.num_heads, cfg.head_dim());
-        let split = |t: Tensor| t.reshape((b, s, heads, d))?.transpose(1, 2)?.contiguous();
-        let q = split((layer.query.forward(x)? * (1.0 / (d as f64).sqrt()))?)?;
-        let k = split(layer.key.forward(x)?)?;
-        let v = split(layer.value.forward(x)?)?;
+        let (q, k, v) = layer.attention_in.project(x, cfg.num_heads)?;
         let probs = ops::masked_softmax(&q.matmul(&k.t()?)?, bias)?;
         let probs = ops::dropout(&probs, cfg.attention_dropout, rng.as_deref_mut())?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;

@@ -10,18 +10,26 @@ use super::config::Activation;
 use super::fused;
 use crate::rng::Rng;
 
-/// `y = x Wᵀ + b` over the last dimension, for inputs of any rank.
+/// `y = x Wᵀ + b` over the last dimension, for inputs of any rank; `weight` is [out, in] as
+/// checkpoints store it.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    linear_in_out(x, &weight.t()?, bias)
+}
+
+/// `y = x W + b` over the last dimension, with `weight` laid out [in, out]. A contiguous
+/// [in, out] matrix is read in place by the matrix product, where the [out, in] one `linear`
+/// takes is repacked on every call.
+pub fn linear_in_out(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims();
     let in_features = dims[dims.len() - 1];
     let rows = x.elem_count() / in_features;
-    let y = x.reshape((rows, in_features))?.matmul(&weight.t()?)?;
+    let y = x.reshape((rows, in_features))?.matmul(weight)?;
     let y = match bias {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
     let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().unwrap() = weight.dim(0)?;
+    *out_dims.last_mut().unwrap() = weight.dim(1)?;
     y.reshape(out_dims)
 }
 

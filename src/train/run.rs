@@ -253,7 +253,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<RunOutcome> {
             let teacher_dtype = config.compute.teacher_dtype.dtype();
             let weights: Weights =
                 ckpt.weights.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(teacher_dtype)?))).collect::<Result<_>>()?;
-            Some(Encoder::new(&ckpt.config, &weights)?)
+            Some(Encoder::frozen(&ckpt.config, &weights)?)
         }
         None => None,
     };

@@ -8,32 +8,39 @@ use serde_json::Value;
 use crate::common::{fixture, load_expected, max_abs_diff, MODELS};
 use distil::distill::check::batch_loss;
 use distil::distill::loss::LossConfig;
-use distil::infer::{load_encoder, named_outputs, BatchJson};
-use distil::model::Checkpoint;
+use distil::infer::{named_outputs, BatchJson};
+use distil::model::{Checkpoint, Encoder};
 
 pub const TOLERANCE: f32 = 1e-4;
 
-/// Every hidden state and the logits of each fixture checkpoint, run on `device`, are within
-/// `TOLERANCE` of what transformers computed.
+/// Every hidden state and the logits of each fixture checkpoint, run on `device` in both weight
+/// layouts (trainable and frozen), are within `TOLERANCE` of what transformers computed.
 pub fn outputs_match_transformers(device: &Device) {
     for name in MODELS {
         let dir = fixture(&format!("models/{name}"));
-        let (ckpt, encoder) = load_encoder(&dir, device).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let ckpt = Checkpoint::load(&dir, device).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(ckpt.has_head, *name != "bert_encoder", "{name}: head detection");
-        for batch in ["batch0", "batch1"] {
-            let input = BatchJson::read(&dir.join(format!("expected/{batch}.json"))).unwrap();
-            let ours = named_outputs(&encoder, &input.to_input(&encoder, device).unwrap()).unwrap();
-            let expected = load_expected(&dir.join(format!("expected/{batch}.safetensors")));
-            for (key, want) in &expected {
-                if key == "pooler_output" {
-                    continue; // the pooler is not part of an encoder's outputs here
+        let layouts = [
+            ("trainable", Encoder::new(&ckpt.config, &ckpt.weights).unwrap()),
+            ("frozen", Encoder::frozen(&ckpt.config, &ckpt.weights).unwrap()),
+        ];
+        for (layout, encoder) in &layouts {
+            for batch in ["batch0", "batch1"] {
+                let at = format!("{name}/{layout}/{batch}");
+                let input = BatchJson::read(&dir.join(format!("expected/{batch}.json"))).unwrap();
+                let ours = named_outputs(encoder, &input.to_input(encoder, device).unwrap()).unwrap();
+                let expected = load_expected(&dir.join(format!("expected/{batch}.safetensors")));
+                for (key, want) in &expected {
+                    if key == "pooler_output" {
+                        continue; // the pooler is not part of an encoder's outputs here
+                    }
+                    let got = ours.get(key).unwrap_or_else(|| panic!("{at}: no output `{key}`"));
+                    let diff = max_abs_diff(got, want);
+                    assert!(diff <= TOLERANCE, "{at}/{key}: max abs diff {diff:e} > {TOLERANCE:e}");
                 }
-                let got = ours.get(key).unwrap_or_else(|| panic!("{name}/{batch}: no output `{key}`"));
-                let diff = max_abs_diff(got, want);
-                assert!(diff <= TOLERANCE, "{name}/{batch}/{key}: max abs diff {diff:e} > {TOLERANCE:e}");
-            }
-            for key in ours.keys() {
-                assert!(expected.contains_key(key), "{name}/{batch}: transformers recorded no `{key}`");
+                for key in ours.keys() {
+                    assert!(expected.contains_key(key), "{at}: transformers recorded no `{key}`");
+                }
             }
         }
     }
