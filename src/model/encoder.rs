@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::{Activation, Family, ModelConfig};
+use super::frozen::FrozenAttention;
 use super::ops;
 use crate::rng::Rng;
 
@@ -227,6 +228,14 @@ impl Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.weight.apply(x, Some(&self.bias))
     }
+
+    /// `dropout(x Wᵀ + b) + residual`, with dropout when `rng` is given.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor, dropout: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
+        match (&self.weight, rng) {
+            (Matrix::InOut(w), None) => ops::linear_in_out_residual(x, w, &self.bias, residual),
+            (_, rng) => ops::dropout(&self.forward(x)?, dropout, rng)? + residual,
+        }
+    }
 }
 
 struct LayerNorm {
@@ -311,6 +320,22 @@ impl AttentionIn {
                 Ok((all.get(0)?, all.get(1)?, all.get(2)?))
             }
         }
+    }
+
+    /// The attention's output before its output projection, (batch, sequence, hidden), with
+    /// dropout on the attention probabilities when `rng` is given. Frozen float32 encoders on
+    /// the CPU take the one-kernel path.
+    fn context(&self, x: &Tensor, bias: &Tensor, heads: usize, dropout: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
+        let (b, s, h) = x.dims3()?;
+        if let AttentionIn::Fused(qkv) = self {
+            if rng.is_none() && x.device().is_cpu() && x.dtype() == DType::F32 {
+                return qkv.forward(x)?.contiguous()?.apply_op2(&bias.contiguous()?, FrozenAttention { heads });
+            }
+        }
+        let (q, k, v) = self.project(x, heads)?;
+        let probs = ops::masked_softmax(&q.matmul(&k.t()?)?, bias)?;
+        let probs = ops::dropout(&probs, dropout, rng)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))
     }
 }
 
@@ -466,16 +491,12 @@ impl Encoder {
 
     fn layer_forward(&self, layer: &Layer, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let (b, s, h) = x.dims3()?;
-        let (q, k, v) = layer.attention_in.project(x, cfg.num_heads)?;
-        let probs = ops::masked_softmax(&q.matmul(&k.t()?)?, bias)?;
-        let probs = ops::dropout(&probs, cfg.attention_dropout, rng.as_deref_mut())?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))?;
-        let attended = ops::dropout(&layer.output.forward(&context)?, cfg.hidden_dropout, rng.as_deref_mut())?;
-        let x = layer.attention_norm.forward(&(attended + x)?)?;
+        let context = layer.attention_in.context(x, bias, cfg.num_heads, cfg.attention_dropout, rng.as_deref_mut())?;
+        let attended = layer.output.forward_residual(&context, x, cfg.hidden_dropout, rng.as_deref_mut())?;
+        let x = layer.attention_norm.forward(&attended)?;
         let inner = ops::activation(&layer.up.forward(&x)?, cfg.activation)?;
-        let out = ops::dropout(&layer.down.forward(&inner)?, cfg.hidden_dropout, rng)?;
-        layer.ffn_norm.forward(&(out + x)?)
+        let out = layer.down.forward_residual(&inner, &x, cfg.hidden_dropout, rng)?;
+        layer.ffn_norm.forward(&out)
     }
 
     /// The MLM head, or an error naming the model when it has none.

@@ -7,29 +7,74 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::config::Activation;
+use super::frozen;
 use super::fused;
 use crate::rng::Rng;
 
 /// `y = x Wᵀ + b` over the last dimension, for inputs of any rank; `weight` is [out, in] as
 /// checkpoints store it.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    linear_in_out(x, &weight.t()?, bias)
+    let weight = weight.t()?;
+    let y = rows_product(x, &weight)?.reshape(linear_out_dims(x, &weight)?)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
 }
 
 /// `y = x W + b` over the last dimension, with `weight` laid out [in, out]. A contiguous
 /// [in, out] matrix is read in place by the matrix product, where the [out, in] one `linear`
 /// takes is repacked on every call.
 pub fn linear_in_out(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims();
-    let in_features = dims[dims.len() - 1];
-    let rows = x.elem_count() / in_features;
-    let y = x.reshape((rows, in_features))?.matmul(weight)?;
-    let y = match bias {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().unwrap() = weight.dim(1)?;
+    let out_dims = linear_out_dims(x, weight)?;
+    match bias {
+        Some(b) if accumulates_in_place(&[x, weight, b]) => {
+            // A fresh tensor holding the bias in every row, for the product to land on.
+            accumulate_product(b.broadcast_as(out_dims)?.copy()?, x, weight)
+        }
+        Some(b) => rows_product(x, weight)?.reshape(out_dims)?.broadcast_add(b),
+        None => rows_product(x, weight)?.reshape(out_dims),
+    }
+}
+
+/// `x W + b + residual`, with `weight` laid out [in, out]: the residual connection of a frozen
+/// layer, the product added onto bias and residual in place where possible.
+pub fn linear_in_out_residual(x: &Tensor, weight: &Tensor, bias: &Tensor, residual: &Tensor) -> Result<Tensor> {
+    if accumulates_in_place(&[x, weight, bias, residual]) {
+        accumulate_product(residual.broadcast_add(bias)?, x, weight)
+    } else {
+        linear_in_out(x, weight, Some(bias))? + residual
+    }
+}
+
+fn linear_out_dims(x: &Tensor, weight: &Tensor) -> Result<Vec<usize>> {
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().unwrap() = weight.dim(1)?;
+    Ok(dims)
+}
+
+/// `x` flattened to (rows, in) times `weight`.
+fn rows_product(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let in_features = x.dim(D::Minus1)?;
+    x.reshape((x.elem_count() / in_features, in_features))?.matmul(weight)
+}
+
+/// Whether a product can be accumulated in place: float32 CPU tensors, none of them in an
+/// autograd graph (an in-place op records no backward).
+fn accumulates_in_place(operands: &[&Tensor]) -> bool {
+    operands.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op())
+}
+
+/// `fresh + x W`, written into `fresh`, which must be a tensor no one else holds, of the
+/// output's shape.
+fn accumulate_product(fresh: Tensor, x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let out_dims = fresh.dims().to_vec();
+    let out_features = weight.dim(1)?;
+    let rows = fresh.elem_count() / out_features;
+    let x = x.contiguous()?;
+    let x = x.reshape((rows, x.dim(D::Minus1)?))?;
+    let y = fresh.reshape((rows, out_features))?;
+    y.inplace_op3(&x, &weight.contiguous()?, &frozen::AddProduct)?;
     y.reshape(out_dims)
 }
 
