@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
     let cast = |weights: &BTreeMap<String, candle_core::Tensor>| -> anyhow::Result<_> {
         weights.iter().map(|(k, t)| Ok((k.clone(), t.to_dtype(dtype)?))).collect::<anyhow::Result<_>>()
     };
-    let teacher = Encoder::new(&cfg, &cast(&teacher_ckpt.weights)?)?;
+    let teacher = Encoder::frozen(&cfg, &cast(&teacher_ckpt.weights)?)?;
     let init = init_student(&teacher_ckpt, &spread_layers(cfg.num_layers, student_layers), StudentArch::Same)?;
     let vars: BTreeMap<String, Var> =
         init.weights.iter().map(|(k, t)| Ok((k.clone(), Var::from_tensor(t)?))).collect::<anyhow::Result<_>>()?;

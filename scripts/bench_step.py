@@ -351,7 +351,7 @@ def _timed(f):
 # -------------------------------------------------------------------------------------------- the report
 
 DISTIL_LINE = re.compile(
-    r"distil step: teacher (?P<tl>\d+)x(?P<h>\d+) -> student (?P<sl>\d+) layers, batch (?P<b>\d+)x(?P<s>\d+) "
+    r"distil step(?: on \S+ in \S+)?: teacher (?P<tl>\d+)x(?P<h>\d+) -> student (?P<sl>\d+) layers, batch (?P<b>\d+)x(?P<s>\d+) "
     r"\((?P<real>\d+) real tokens\): median (?P<med>[\d.]+) s \(min (?P<min>[\d.]+), max (?P<max>[\d.]+)\), "
     r"(?P<tps>[\d.]+) tokens/s, peak RSS (?P<rss>[\d.]+|NaN) GiB, (?P<threads>\d+) threads"
 )

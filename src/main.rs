@@ -24,7 +24,7 @@ use distil::eval::results::{write_json, Summary};
 use distil::eval::{bench, report};
 use distil::infer::{self, BatchJson, Pooling};
 use distil::model::checkpoint::{self, write_atomic};
-use distil::model::{Checkpoint, ParameterCounts, TextTokenizer};
+use distil::model::{Checkpoint, Encoder, ParameterCounts, TextTokenizer};
 use distil::train::config::RunConfig;
 use distil::train::run::{train, TrainOptions};
 
@@ -565,7 +565,10 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Eval(EvalCommand::Classify(args)) => eval_classify(args),
         Command::Forward { model, input, out } => {
-            let (_, encoder) = infer::load_encoder(&model, &device)?;
+            // The trainable layout, which computes padding positions too (as transformers does),
+            // so that every output compares position by position with another implementation.
+            let ckpt = Checkpoint::load(&model, &device)?;
+            let encoder = Encoder::new(&ckpt.config, &ckpt.weights)?;
             let batch = BatchJson::read(&input)?;
             let outputs = infer::named_outputs(&encoder, &batch.to_input(&encoder, &device)?)
                 .with_context(|| format!("forward pass on {}", input.display()))?;

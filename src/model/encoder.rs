@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::{Activation, Family, ModelConfig};
-use super::frozen::FrozenAttention;
+use super::frozen::{FrozenAttention, PackedRows};
 use super::ops;
 use crate::rng::Rng;
 
@@ -322,21 +322,39 @@ impl AttentionIn {
         }
     }
 
-    /// The attention's output before its output projection, (batch, sequence, hidden), with
-    /// dropout on the attention probabilities when `rng` is given. Frozen float32 encoders on
-    /// the CPU take the one-kernel path.
-    fn context(&self, x: &Tensor, bias: &Tensor, heads: usize, dropout: f64, rng: Option<&mut Rng>) -> Result<Tensor> {
-        let (b, s, h) = x.dims3()?;
-        if let AttentionIn::Fused(qkv) = self {
-            if rng.is_none() && x.device().is_cpu() && x.dtype() == DType::F32 {
-                return qkv.forward(x)?.contiguous()?.apply_op2(&bias.contiguous()?, FrozenAttention { heads });
+    /// The attention's output before its output projection, shaped like `x`, with dropout on
+    /// the attention probabilities when `rng` is given.
+    fn context(
+        &self,
+        x: &Tensor,
+        tokens: &Tokens,
+        heads: usize,
+        dropout: f64,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        match (self, tokens) {
+            (AttentionIn::Fused(qkv), Tokens::Packed(rows)) => {
+                qkv.forward(x)?.contiguous()?.apply_op1_no_bwd(&FrozenAttention { heads, sequences: &rows.sequences })
+            }
+            (_, Tokens::Packed(_)) => candle_core::bail!("packed rows need the frozen layout"),
+            (_, Tokens::Padded { key_bias }) => {
+                let (b, s, h) = x.dims3()?;
+                let (q, k, v) = self.project(x, heads)?;
+                let probs = ops::masked_softmax(&q.matmul(&k.t()?)?, key_bias)?;
+                let probs = ops::dropout(&probs, dropout, rng)?;
+                probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))
             }
         }
-        let (q, k, v) = self.project(x, heads)?;
-        let probs = ops::masked_softmax(&q.matmul(&k.t()?)?, bias)?;
-        let probs = ops::dropout(&probs, dropout, rng)?;
-        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, s, h))
     }
+}
+
+/// How a forward pass holds the batch's tokens.
+enum Tokens<'a> {
+    /// (batch, sequence, hidden), padding included; the attention masks padded keys with this
+    /// additive bias (batch, 1, 1, sequence).
+    Padded { key_bias: Tensor },
+    /// (real tokens, hidden): frozen float32 encoders on the CPU.
+    Packed(&'a PackedRows),
 }
 
 struct Layer {
@@ -381,6 +399,7 @@ impl MlmHead {
 
 pub struct Encoder {
     pub cfg: ModelConfig,
+    layout: Layout,
     word: Tensor,
     position: Tensor,
     token_type: Option<Tensor>,
@@ -442,6 +461,7 @@ impl Encoder {
         };
         Ok(Encoder {
             cfg: cfg.clone(),
+            layout,
             word,
             position: g.get("embeddings.position")?,
             token_type: if cfg.type_vocab_size > 0 { Some(g.get("embeddings.token_type")?) } else { None },
@@ -461,37 +481,60 @@ impl Encoder {
 
     /// All hidden states: the embedding output first, then each layer's output. With a
     /// generator, dropout is active (training); without one the pass is deterministic.
+    ///
+    /// Frozen float32 encoders on the CPU compute the real tokens alone: their hidden states
+    /// are zero at padding positions (see `frozen.rs`); everywhere else they are the same.
     pub fn forward(&self, input: &EncoderInput, mut dropout: Option<&mut Rng>) -> Result<Vec<Tensor>> {
         let cfg = &self.cfg;
         let (b, s) = input.input_ids.dims2()?;
-        let flat = |t: &Tensor| t.reshape(b * s);
-        let mut x = self.word.index_select(&flat(&input.input_ids)?, 0)?;
-        x = x.add(&self.position.index_select(&flat(&input.position_ids)?, 0)?)?;
-        if let Some(table) = &self.token_type {
-            let types = match &input.token_type_ids {
-                Some(t) => flat(t)?,
-                None => Tensor::zeros(b * s, DType::U32, x.device())?,
-            };
-            x = x.add(&table.index_select(&types, 0)?)?;
+        let packs = self.layout == Layout::Frozen
+            && dropout.is_none()
+            && self.word.device().is_cpu()
+            && self.word.dtype() == DType::F32;
+        let types = match &input.token_type_ids {
+            Some(t) => t.clone(),
+            None => input.input_ids.zeros_like()?,
+        };
+        if packs {
+            let rows = PackedRows::new(&input.attention_mask)?;
+            let x =
+                self.embeddings(&rows.pack(&input.input_ids)?, &rows.pack(&input.position_ids)?, &rows.pack(&types)?)?;
+            let hidden = self.layers_forward(x, &Tokens::Packed(&rows), None)?;
+            return hidden.iter().map(|h| rows.unpack(h)).collect();
         }
-        let x = x.reshape((b, s, cfg.hidden_size))?;
-        let x = self.embeddings_norm.forward(&x)?;
-        let x = ops::dropout(&x, cfg.hidden_dropout, dropout.as_deref_mut())?;
+        let flat = |t: &Tensor| t.reshape(b * s);
+        let x = self.embeddings(&flat(&input.input_ids)?, &flat(&input.position_ids)?, &flat(&types)?)?;
+        let x = ops::dropout(&x.reshape((b, s, cfg.hidden_size))?, cfg.hidden_dropout, dropout.as_deref_mut())?;
+        let key_bias = ops::attention_bias(&input.attention_mask, x.dtype())?;
+        self.layers_forward(x, &Tokens::Padded { key_bias }, dropout)
+    }
 
-        let bias = ops::attention_bias(&input.attention_mask, x.dtype())?;
+    /// The normalised embeddings (tokens, hidden) of flat id, position and segment tensors.
+    fn embeddings(&self, ids: &Tensor, positions: &Tensor, types: &Tensor) -> Result<Tensor> {
+        let mut x = self.word.index_select(ids, 0)?;
+        x = x.add(&self.position.index_select(positions, 0)?)?;
+        if let Some(table) = &self.token_type {
+            x = x.add(&table.index_select(types, 0)?)?;
+        }
+        self.embeddings_norm.forward(&x)
+    }
+
+    /// The embedding output `x` and every layer's output.
+    fn layers_forward(&self, x: Tensor, tokens: &Tokens, mut dropout: Option<&mut Rng>) -> Result<Vec<Tensor>> {
         let mut hidden = Vec::with_capacity(self.layers.len() + 1);
         hidden.push(x);
         for layer in &self.layers {
             let x = hidden.last().unwrap();
-            let y = self.layer_forward(layer, x, &bias, dropout.as_deref_mut())?;
+            let y = self.layer_forward(layer, x, tokens, dropout.as_deref_mut())?;
             hidden.push(y);
         }
         Ok(hidden)
     }
 
-    fn layer_forward(&self, layer: &Layer, x: &Tensor, bias: &Tensor, mut rng: Option<&mut Rng>) -> Result<Tensor> {
+    fn layer_forward(&self, layer: &Layer, x: &Tensor, tokens: &Tokens, mut rng: Option<&mut Rng>) -> Result<Tensor> {
         let cfg = &self.cfg;
-        let context = layer.attention_in.context(x, bias, cfg.num_heads, cfg.attention_dropout, rng.as_deref_mut())?;
+        let context =
+            layer.attention_in.context(x, tokens, cfg.num_heads, cfg.attention_dropout, rng.as_deref_mut())?;
         let attended = layer.output.forward_residual(&context, x, cfg.hidden_dropout, rng.as_deref_mut())?;
         let x = layer.attention_norm.forward(&attended)?;
         let inner = ops::activation(&layer.up.forward(&x)?, cfg.activation)?;

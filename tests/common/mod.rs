@@ -51,6 +51,18 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
 
+/// Largest |a − b| over the real tokens of (batch, sequence, …) outputs: where the 0/1
+/// `attention_mask` (batch, sequence) is 1. Frozen encoders compute nothing at padding.
+pub fn max_abs_diff_real(a: &Tensor, b: &Tensor, attention_mask: &Tensor) -> f32 {
+    let device = a.device();
+    let mut real = attention_mask.to_device(device).unwrap().to_dtype(DType::F32).unwrap();
+    while real.rank() < a.rank() {
+        real = real.unsqueeze(real.rank()).unwrap();
+    }
+    let only = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_device(device).unwrap().broadcast_mul(&real).unwrap();
+    max_abs_diff(&only(a), &only(b))
+}
+
 pub fn distil_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_distil"))
 }
