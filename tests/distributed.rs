@@ -196,7 +196,10 @@ fn a_rank_that_dies_ends_the_job_and_leaves_the_checkpoints_intact() {
     let started = Instant::now();
     while run_checkpoint::list(&out).map_or(true, |c| c.len() < 2) {
         assert!(started.elapsed() < Duration::from_secs(120), "no second checkpoint within two minutes");
-        assert!(job.try_wait().unwrap().is_none(), "the job ended before it was killed");
+        if let Some(status) = job.try_wait().unwrap() {
+            let output = job.wait_with_output().unwrap();
+            panic!("the job ended ({status}) before it was killed:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let ranks = ranks_of(&job);

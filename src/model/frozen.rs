@@ -127,57 +127,57 @@ impl FrozenAttention<'_> {
                 // start…start+s, columns head·d…head·d+d.
                 unsafe {
                     // scores = q kᵀ (s × s): kᵀ's rows are k's columns.
-                    gemm::gemm(
-                        s,
-                        s,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        s as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        row,
-                        k.as_ptr(),
-                        row,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                scores.chunks_exact_mut(s).for_each(softmax_in_place);
-                unsafe {
+                    product(scores.as_mut_ptr(), s as isize, (q.as_ptr(), row), (k.as_ptr(), 1, row), (s, s, d));
+                    scores.chunks_exact_mut(s).for_each(softmax_in_place);
                     // out block = probabilities v (s × d).
-                    gemm::gemm(
-                        s,
-                        d,
-                        s,
+                    product(
                         out_ptr.at(start * h + head * d),
-                        1,
                         h as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        s as isize,
-                        v.as_ptr(),
-                        1,
-                        row,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        (scores.as_ptr(), s as isize),
+                        (v.as_ptr(), row, 1),
+                        (s, d, s),
                     );
                 }
             },
         );
         Ok(out)
     }
+}
+
+/// `dst = lhs · rhs` on the calling thread, for (m, n, k) = `sizes`: `dst` and `lhs` have
+/// contiguous columns and rows `dst_rs` and `lhs_rs` apart; `rhs` is (pointer, row stride,
+/// column stride).
+///
+/// # Safety
+/// Every element the sizes and strides reach must lie inside the buffers behind the pointers.
+unsafe fn product(
+    dst: *mut f32,
+    dst_rs: isize,
+    (lhs, lhs_rs): (*const f32, isize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize),
+    (m, n, k): (usize, usize, usize),
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs,
+        false,
+        lhs,
+        1,
+        lhs_rs,
+        rhs,
+        rhs_cs,
+        rhs_rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
 }
 
 /// Softmax of one row of scores, in place.
