@@ -127,7 +127,14 @@ impl FrozenAttention<'_> {
                 // start…start+s, columns head·d…head·d+d.
                 unsafe {
                     // scores = q kᵀ (s × s): kᵀ's rows are k's columns.
-                    product(scores.as_mut_ptr(), s as isize, (q.as_ptr(), row), (k.as_ptr(), 1, row), (s, s, d));
+                    product(
+                        scores.as_mut_ptr(),
+                        s as isize,
+                        (q.as_ptr(), row),
+                        (k.as_ptr(), 1, row),
+                        (s, s, d),
+                        ONE_THREAD,
+                    );
                     scores.chunks_exact_mut(s).for_each(softmax_in_place);
                     // out block = probabilities v (s × d).
                     product(
@@ -136,6 +143,7 @@ impl FrozenAttention<'_> {
                         (scores.as_ptr(), s as isize),
                         (v.as_ptr(), row, 1),
                         (s, d, s),
+                        ONE_THREAD,
                     );
                 }
             },
@@ -144,7 +152,17 @@ impl FrozenAttention<'_> {
     }
 }
 
-/// `dst = lhs · rhs` on the calling thread, for (m, n, k) = `sizes`: `dst` and `lhs` have
+/// How a [`product`] runs: whether it adds onto `dst` (else overwrites it), and its threads.
+#[derive(Clone, Copy)]
+struct Mode {
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+}
+
+/// Inside one task of a parallel loop: overwrite, on the calling thread.
+const ONE_THREAD: Mode = Mode { accumulate: false, parallelism: gemm::Parallelism::None };
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs`), for (m, n, k) = `sizes`: `dst` and `lhs` have
 /// contiguous columns and rows `dst_rs` and `lhs_rs` apart; `rhs` is (pointer, row stride,
 /// column stride).
 ///
@@ -156,7 +174,9 @@ unsafe fn product(
     (lhs, lhs_rs): (*const f32, isize),
     (rhs, rhs_rs, rhs_cs): (*const f32, isize, isize),
     (m, n, k): (usize, usize, usize),
+    mode: Mode,
 ) {
+    let keep = if mode.accumulate { 1.0 } else { 0.0 };
     gemm::gemm(
         m,
         n,
@@ -164,19 +184,19 @@ unsafe fn product(
         dst,
         1,
         dst_rs,
-        false,
+        mode.accumulate,
         lhs,
         1,
         lhs_rs,
         rhs,
         rhs_cs,
         rhs_rs,
-        0.0,
+        keep,
         1.0,
         false,
         false,
         false,
-        gemm::Parallelism::None,
+        mode.parallelism,
     );
 }
 
@@ -245,26 +265,14 @@ impl InplaceOp3 for AddProduct {
         // SAFETY: the three slices hold exactly rows × out, rows × inner and inner × out
         // elements (checked above), row-major.
         unsafe {
-            gemm::gemm(
-                rows,
-                out,
-                inner,
+            let mode = Mode { accumulate: true, parallelism };
+            product(
                 dst.as_mut_ptr(),
-                1,
                 out as isize,
-                true,
-                x.as_ptr(),
-                1,
-                inner as isize,
-                w.as_ptr(),
-                1,
-                out as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
+                (x.as_ptr(), inner as isize),
+                (w.as_ptr(), out as isize, 1),
+                (rows, out, inner),
+                mode,
             );
         }
         Ok(())

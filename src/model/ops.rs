@@ -29,7 +29,8 @@ pub fn linear_in_out(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
     let out_dims = linear_out_dims(x, weight)?;
     match bias {
         Some(b) if accumulates_in_place(&[x, weight, b]) => {
-            // A fresh tensor holding the bias in every row, for the product to land on.
+            // A tensor of its own (`copy`, so that no reshape can leave it sharing the bias's
+            // storage) holding the bias in every row, for the product to land on.
             accumulate_product(b.broadcast_as(out_dims)?.copy()?, x, weight)
         }
         Some(b) => rows_product(x, weight)?.reshape(out_dims)?.broadcast_add(b),
